@@ -1,0 +1,109 @@
+//! Merged statistics: counts add, histograms merge, nothing is averaged.
+
+use std::collections::BTreeMap;
+
+use loadwave_proto::{BucketStats, ErrorKind, HistogramError, LatencyHistogram};
+use serde::{Deserialize, Serialize};
+
+/// The sum of any number of driver buckets.
+#[derive(Debug, Clone, Default)]
+pub struct Aggregate {
+    /// Requests completed.
+    pub requests: u64,
+    /// Transport errors plus responses with status ≥ 400.
+    pub errors: u64,
+    /// Responses by status code.
+    pub status_codes: BTreeMap<u16, u64>,
+    /// Transport errors by kind.
+    pub error_kinds: BTreeMap<ErrorKind, u64>,
+    /// Tsunami requests sent late.
+    pub late: u64,
+    sum_us: u128,
+    min_us: Option<u64>,
+    max_us: u64,
+    histogram: LatencyHistogram,
+}
+
+impl Aggregate {
+    /// Adds one bucket (already decoded histogram alongside).
+    pub fn add(
+        &mut self,
+        bucket: &BucketStats,
+        histogram: &LatencyHistogram,
+    ) -> Result<(), HistogramError> {
+        self.histogram.add(histogram)?;
+        self.requests += bucket.requests;
+        self.errors += bucket.errors;
+        self.late += bucket.late;
+        for (code, n) in &bucket.status_codes {
+            *self.status_codes.entry(*code).or_default() += n;
+        }
+        for (kind, n) in &bucket.error_kinds {
+            *self.error_kinds.entry(*kind).or_default() += n;
+        }
+        if !histogram.is_empty() {
+            self.sum_us += u128::from(bucket.latency_sum_us);
+            self.min_us = Some(
+                self.min_us
+                    .map_or(bucket.latency_min_us, |m| m.min(bucket.latency_min_us)),
+            );
+            self.max_us = self.max_us.max(bucket.latency_max_us);
+        }
+        Ok(())
+    }
+
+    /// Responses received (requests that got an HTTP answer).
+    pub fn responses(&self) -> u64 {
+        self.histogram.len()
+    }
+
+    /// Latency figures in milliseconds. Min, max and mean are exact; percentiles come from
+    /// the merged histogram (within 0.1%).
+    pub fn latency(&self) -> Latency {
+        let n = self.histogram.len();
+        let ms = |us: u64| us as f64 / 1000.0;
+        if n == 0 {
+            return Latency::default();
+        }
+        Latency {
+            min: ms(self.min_us.unwrap_or(0)),
+            mean: round3(self.sum_us as f64 / n as f64 / 1000.0),
+            p50: ms(self.histogram.quantile_us(0.50)),
+            p90: ms(self.histogram.quantile_us(0.90)),
+            p95: ms(self.histogram.quantile_us(0.95)),
+            p99: ms(self.histogram.quantile_us(0.99)),
+            p999: ms(self.histogram.quantile_us(0.999)),
+            max: ms(self.max_us),
+        }
+    }
+
+    /// The merged histogram.
+    pub fn histogram(&self) -> &LatencyHistogram {
+        &self.histogram
+    }
+}
+
+/// Response-time figures, milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    /// Fastest.
+    pub min: f64,
+    /// Arithmetic mean.
+    pub mean: f64,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Slowest.
+    pub max: f64,
+}
+
+pub(crate) fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}

@@ -1,0 +1,21 @@
+//! The orchestrator core of loadwave.
+//!
+//! [`TestState`] folds driver messages (registrations, heartbeats, metrics reports with
+//! serialized histograms) into the state of one test, deterministically and idempotently,
+//! and decides what happens next: send configurations, trigger a common start, declare a
+//! silent driver lost, end the test. [`TestState::view`] derives the JSON users see:
+//! the merged summary (exact counts, percentiles from merged histograms), the per-second
+//! timeline, each driver's part and the threshold verdict.
+//!
+//! The core does no I/O of its own except [`session::drive`], which runs one test over a
+//! [`loadwave_bus::Bus`]; the orchestrator service and the Lambda controller drive the
+//! same state machine from their own loops.
+
+pub mod aggregate;
+pub mod session;
+pub mod state;
+pub mod view;
+
+pub use aggregate::{Aggregate, Latency};
+pub use state::{Applied, DriverPhase, TestOptions, TestState, TestStatus};
+pub use view::{Check, DriverView, Summary, TestView, TimelinePoint, Verdict};

@@ -1,0 +1,455 @@
+//! One test's state: a fold of driver messages plus the decisions that move it on.
+//!
+//! [`TestState`] does no I/O and reads no clock: callers hand it messages
+//! ([`TestState::apply`]) and the time ([`TestState::poll`]), and publish what it returns.
+//! The same state machine therefore runs inside `loadwave run`, the orchestrator and the
+//! Lambda controller, and tests drive it message by message.
+//!
+//! Folding is idempotent: every driver report carries a sequence number and a report
+//! whose number was seen changes nothing. Counts add and histograms merge, so the order
+//! reports arrive in does not change the result.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use loadwave_proto::{
+    Activity, DriverHealth, DriverTotals, LatencyHistogram, Message, MetricsReport, TestConfig,
+    TestSpec, Trigger, TriggerAction,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::Aggregate;
+
+/// Timing of the coordination, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TestOptions {
+    /// Between the trigger and the common start instant: time for the trigger to reach
+    /// every driver and for drivers to open their connections.
+    pub start_lead_ms: u64,
+    /// How long every assigned driver has to confirm its configuration.
+    pub registration_timeout_ms: u64,
+    /// A running driver silent for longer than this is lost (the design's 3 s).
+    pub heartbeat_timeout_ms: u64,
+    /// How often an unconfirmed configuration is sent again.
+    pub config_resend_ms: u64,
+}
+
+impl Default for TestOptions {
+    fn default() -> Self {
+        TestOptions {
+            // One second covers a Kafka round trip and connection warm-up with room to
+            // spare; the start instant is shared, so the lead costs no skew.
+            start_lead_ms: 1_000,
+            registration_timeout_ms: 30_000,
+            heartbeat_timeout_ms: 3_000,
+            config_resend_ms: 1_000,
+        }
+    }
+}
+
+/// Where a test is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TestStatus {
+    /// Waiting for its drivers.
+    Pending,
+    /// Triggered; drivers are sending.
+    Running,
+    /// Every driver finished (or was lost, with the rest finished).
+    Completed,
+    /// Could not run: drivers never became ready, or all were lost.
+    Failed,
+    /// Stopped on request.
+    Stopped,
+}
+
+impl TestStatus {
+    /// Whether the test has ended.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            TestStatus::Completed | TestStatus::Failed | TestStatus::Stopped
+        )
+    }
+
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TestStatus::Pending => "pending",
+            TestStatus::Running => "running",
+            TestStatus::Completed => "completed",
+            TestStatus::Failed => "failed",
+            TestStatus::Stopped => "stopped",
+        }
+    }
+}
+
+/// Where one driver is in the test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriverPhase {
+    /// Assigned; its confirmation of the configuration has not arrived.
+    Waiting,
+    /// Configured, waiting for the trigger.
+    Ready,
+    /// Sending.
+    Running,
+    /// Sent its final report after all its requests.
+    Completed,
+    /// Sent its final report after a stop.
+    Stopped,
+    /// Went silent.
+    Lost,
+}
+
+impl DriverPhase {
+    fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            DriverPhase::Completed | DriverPhase::Stopped | DriverPhase::Lost
+        )
+    }
+}
+
+/// What [`TestState::apply`] made of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The state changed.
+    Changed,
+    /// A report already folded; nothing changed.
+    Duplicate,
+    /// Not about this test or one of its drivers.
+    Ignored,
+    /// About this test but unusable (a histogram that does not decode).
+    Rejected(String),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct DriverTrack {
+    pub(crate) id: String,
+    pub(crate) phase: DriverPhase,
+    pub(crate) last_seen_ms: u64,
+    config_sent_ms: Option<u64>,
+    reregistered: bool,
+    pub(crate) seqs: BTreeSet<u64>,
+    pub(crate) final_seq: Option<u64>,
+    pub(crate) agg: Aggregate,
+    pub(crate) totals: DriverTotals,
+    latest_seq: Option<u64>,
+    pub(crate) elapsed_ms: u64,
+    pub(crate) health: DriverHealth,
+    pub(crate) peak_health: DriverHealth,
+}
+
+impl DriverTrack {
+    fn new(id: String, now_ms: u64) -> Self {
+        DriverTrack {
+            id,
+            phase: DriverPhase::Waiting,
+            last_seen_ms: now_ms,
+            config_sent_ms: None,
+            reregistered: false,
+            seqs: BTreeSet::new(),
+            final_seq: None,
+            agg: Aggregate::default(),
+            totals: DriverTotals::default(),
+            latest_seq: None,
+            elapsed_ms: 0,
+            health: DriverHealth::default(),
+            peak_health: DriverHealth::default(),
+        }
+    }
+
+    /// Reports numbered below the final one that never arrived.
+    pub(crate) fn missing_reports(&self) -> u64 {
+        match self.final_seq {
+            Some(last) => (last + 1).saturating_sub(self.seqs.range(..=last).count() as u64),
+            None => 0,
+        }
+    }
+}
+
+/// One test, folded from its drivers' messages.
+#[derive(Debug, Clone)]
+pub struct TestState {
+    pub(crate) id: String,
+    pub(crate) spec: TestSpec,
+    options: TestOptions,
+    pub(crate) status: TestStatus,
+    pub(crate) error: Option<String>,
+    pub(crate) created_at_ms: u64,
+    pub(crate) start_at_ms: Option<u64>,
+    pub(crate) finished_at_ms: Option<u64>,
+    pub(crate) stop_requested: bool,
+    pub(crate) drivers: Vec<DriverTrack>,
+    pub(crate) total: Aggregate,
+    pub(crate) timeline: BTreeMap<u32, Aggregate>,
+    pub(crate) duplicates: u64,
+}
+
+impl TestState {
+    /// A new pending test for `driver_ids` (one per driver the spec asks for).
+    pub fn new(
+        id: impl Into<String>,
+        spec: TestSpec,
+        driver_ids: Vec<String>,
+        now_ms: u64,
+        options: TestOptions,
+    ) -> Self {
+        TestState {
+            id: id.into(),
+            spec,
+            options,
+            status: TestStatus::Pending,
+            error: None,
+            created_at_ms: now_ms,
+            start_at_ms: None,
+            finished_at_ms: None,
+            stop_requested: false,
+            drivers: driver_ids
+                .into_iter()
+                .map(|d| DriverTrack::new(d, now_ms))
+                .collect(),
+            total: Aggregate::default(),
+            timeline: BTreeMap::new(),
+            duplicates: 0,
+        }
+    }
+
+    /// The test's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The spec.
+    pub fn spec(&self) -> &TestSpec {
+        &self.spec
+    }
+
+    /// The current status.
+    pub fn status(&self) -> TestStatus {
+        self.status
+    }
+
+    /// Whether the test has ended.
+    pub fn is_finished(&self) -> bool {
+        self.status.is_finished()
+    }
+
+    /// The merged statistics of every report folded so far.
+    pub fn total(&self) -> &Aggregate {
+        &self.total
+    }
+
+    /// Re-delivered reports dropped so far.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates
+    }
+
+    fn driver_mut(&mut self, id: &str) -> Option<&mut DriverTrack> {
+        self.drivers.iter_mut().find(|d| d.id == id)
+    }
+
+    /// Folds one message in.
+    pub fn apply(&mut self, message: &Message, now_ms: u64) -> Applied {
+        let test_id = self.id.clone();
+        match message {
+            Message::Register(r) => {
+                let Some(d) = self.driver_mut(&r.driver_id) else {
+                    return Applied::Ignored;
+                };
+                match &r.test_id {
+                    Some(t) if *t == test_id => {
+                        d.last_seen_ms = now_ms;
+                        if d.phase == DriverPhase::Waiting {
+                            d.phase = DriverPhase::Ready;
+                        }
+                        Applied::Changed
+                    }
+                    None => {
+                        d.last_seen_ms = now_ms;
+                        d.reregistered = true;
+                        Applied::Changed
+                    }
+                    Some(_) => Applied::Ignored,
+                }
+            }
+            Message::Heartbeat(h) => {
+                let Some(d) = self.driver_mut(&h.driver_id) else {
+                    return Applied::Ignored;
+                };
+                d.last_seen_ms = d.last_seen_ms.max(now_ms);
+                if h.activity == Activity::Running
+                    && h.test_id.as_deref() == Some(test_id.as_str())
+                    && d.phase == DriverPhase::Ready
+                {
+                    d.phase = DriverPhase::Running;
+                }
+                Applied::Changed
+            }
+            Message::Metrics(report) if report.test_id == test_id => {
+                self.apply_report(report, now_ms)
+            }
+            _ => Applied::Ignored,
+        }
+    }
+
+    fn apply_report(&mut self, report: &MetricsReport, now_ms: u64) -> Applied {
+        let Some(index) = self.drivers.iter().position(|d| d.id == report.driver_id) else {
+            return Applied::Ignored;
+        };
+        if self.drivers[index].seqs.contains(&report.seq) {
+            self.duplicates += 1;
+            return Applied::Duplicate;
+        }
+        // Decode everything before changing anything, so a bad report leaves no trace.
+        let mut histograms = Vec::with_capacity(report.buckets.len());
+        for bucket in &report.buckets {
+            match LatencyHistogram::from_base64(&bucket.histogram) {
+                Ok(h) => histograms.push(h),
+                Err(err) => return Applied::Rejected(err.to_string()),
+            }
+        }
+        let d = &mut self.drivers[index];
+        d.seqs.insert(report.seq);
+        d.last_seen_ms = d.last_seen_ms.max(now_ms);
+        d.elapsed_ms = d.elapsed_ms.max(report.elapsed_ms);
+        if d.latest_seq.is_none_or(|s| report.seq > s) {
+            d.latest_seq = Some(report.seq);
+            d.totals = report.totals.clone();
+            d.health = report.health.clone();
+        }
+        d.peak_health.cpu_percent = d.peak_health.cpu_percent.max(report.health.cpu_percent);
+        d.peak_health.lag_ms_max = d.peak_health.lag_ms_max.max(report.health.lag_ms_max);
+        d.peak_health.lag_ms_mean = d.peak_health.lag_ms_mean.max(report.health.lag_ms_mean);
+        d.peak_health.cores = report.health.cores;
+        d.peak_health.saturated |= report.health.saturated;
+        if report.is_final {
+            d.final_seq = Some(report.seq);
+            d.phase = if report.stopped {
+                DriverPhase::Stopped
+            } else {
+                DriverPhase::Completed
+            };
+        } else if matches!(d.phase, DriverPhase::Waiting | DriverPhase::Ready) {
+            d.phase = DriverPhase::Running;
+        }
+        for (bucket, histogram) in report.buckets.iter().zip(&histograms) {
+            // Histograms auto-resize, so merging cannot fail; a failure would be a bug.
+            let merged = self.drivers[index]
+                .agg
+                .add(bucket, histogram)
+                .and_then(|_| self.total.add(bucket, histogram))
+                .and_then(|_| {
+                    self.timeline
+                        .entry(bucket.second)
+                        .or_default()
+                        .add(bucket, histogram)
+                });
+            if let Err(err) = merged {
+                tracing::error!(%err, "histogram merge failed");
+            }
+        }
+        Applied::Changed
+    }
+
+    /// Asks the drivers to stop. Returns what to publish.
+    pub fn request_stop(&mut self, now_ms: u64) -> Vec<Message> {
+        if self.is_finished() {
+            return Vec::new();
+        }
+        self.stop_requested = true;
+        if self.status == TestStatus::Pending {
+            self.finish(TestStatus::Stopped, now_ms);
+        }
+        vec![self.trigger(TriggerAction::Stop)]
+    }
+
+    fn trigger(&self, action: TriggerAction) -> Message {
+        Message::Trigger(Trigger {
+            test_id: self.id.clone(),
+            action,
+        })
+    }
+
+    fn finish(&mut self, status: TestStatus, now_ms: u64) {
+        self.status = status;
+        self.finished_at_ms = Some(now_ms);
+    }
+
+    /// Moves the test on at time `now_ms`: (re)sends configurations, triggers once every
+    /// driver is ready, declares silent drivers lost, and ends the test when every
+    /// driver is done. Returns what to publish.
+    pub fn poll(&mut self, now_ms: u64) -> Vec<Message> {
+        let mut out = Vec::new();
+        match self.status {
+            TestStatus::Pending => {
+                let (id, spec, resend) = (
+                    self.id.clone(),
+                    self.spec.clone(),
+                    self.options.config_resend_ms,
+                );
+                for (index, d) in self.drivers.iter_mut().enumerate() {
+                    let due =
+                        d.reregistered || d.config_sent_ms.is_none_or(|t| now_ms >= t + resend);
+                    if d.phase == DriverPhase::Waiting && due {
+                        d.config_sent_ms = Some(now_ms);
+                        d.reregistered = false;
+                        out.push(Message::TestConfig(TestConfig {
+                            test_id: id.clone(),
+                            driver_id: d.id.clone(),
+                            driver_index: index as u32,
+                            spec: spec.clone(),
+                        }));
+                    }
+                }
+                let waiting: Vec<&str> = self
+                    .drivers
+                    .iter()
+                    .filter(|d| d.phase == DriverPhase::Waiting)
+                    .map(|d| d.id.as_str())
+                    .collect();
+                if waiting.is_empty() {
+                    let start_at_ms = now_ms + self.options.start_lead_ms;
+                    self.start_at_ms = Some(start_at_ms);
+                    self.status = TestStatus::Running;
+                    for d in &mut self.drivers {
+                        d.last_seen_ms = d.last_seen_ms.max(now_ms);
+                    }
+                    out.push(self.trigger(TriggerAction::Start { start_at_ms }));
+                } else if now_ms >= self.created_at_ms + self.options.registration_timeout_ms {
+                    self.error = Some(format!(
+                        "{} of {} drivers were not ready within {} s: {}",
+                        waiting.len(),
+                        self.drivers.len(),
+                        self.options.registration_timeout_ms / 1000,
+                        waiting.join(", ")
+                    ));
+                    self.finish(TestStatus::Failed, now_ms);
+                    out.push(self.trigger(TriggerAction::Stop));
+                }
+            }
+            TestStatus::Running => {
+                let timeout = self.options.heartbeat_timeout_ms;
+                for d in &mut self.drivers {
+                    if !d.phase.is_terminal() && now_ms > d.last_seen_ms + timeout {
+                        tracing::warn!(test_id = %self.id, driver = %d.id, "driver lost");
+                        d.phase = DriverPhase::Lost;
+                    }
+                }
+                if self.drivers.iter().all(|d| d.phase.is_terminal()) {
+                    let status = if self.stop_requested {
+                        TestStatus::Stopped
+                    } else if self.drivers.iter().all(|d| d.phase == DriverPhase::Lost) {
+                        self.error = Some("every driver was lost".to_string());
+                        TestStatus::Failed
+                    } else {
+                        TestStatus::Completed
+                    };
+                    self.finish(status, now_ms);
+                }
+            }
+            _ => {}
+        }
+        out
+    }
+}

@@ -1,0 +1,279 @@
+//! Recording what requests did, without a lock per request.
+//!
+//! Each worker records into its own [`Bucket`] for the second of the test it is in. When a
+//! completion falls into a later second (or the worker is about to idle), the worker
+//! merges its bucket into the driver's [`Pending`] set, one short lock per worker per
+//! second, and reuses its allocation. The reporter drains [`Pending`] every second.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use loadwave_proto::{BucketStats, ErrorKind, LatencyHistogram};
+
+use crate::client::Outcome;
+
+/// Counts and latencies of the requests that completed in one second of the test.
+#[derive(Debug, Clone, Default)]
+pub struct Bucket {
+    /// Seconds since the start instant.
+    pub second: u32,
+    /// Requests completed.
+    pub requests: u64,
+    /// Transport errors plus responses with status ≥ 400.
+    pub errors: u64,
+    /// Small, linear: a test sees a handful of distinct codes.
+    status_codes: Vec<(u16, u64)>,
+    error_kinds: [u64; 5],
+    /// Requests sent more than a millisecond after their due time.
+    pub late: u64,
+    sum_us: u64,
+    min_us: u64,
+    max_us: u64,
+    /// Completion of the last request, µs after the start instant.
+    pub last_end_us: u64,
+    histogram: LatencyHistogram,
+}
+
+impl Bucket {
+    /// An empty bucket for `second`.
+    pub fn new(second: u32) -> Self {
+        Bucket {
+            second,
+            ..Bucket::default()
+        }
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.requests == 0
+    }
+
+    /// Records one completed request.
+    #[inline]
+    pub fn record(&mut self, outcome: Outcome, latency_us: u64, end_us: u64, late: bool) {
+        self.requests += 1;
+        self.late += u64::from(late);
+        self.last_end_us = self.last_end_us.max(end_us);
+        match outcome {
+            Outcome::Response(status) => {
+                if status >= 400 {
+                    self.errors += 1;
+                }
+                match self.status_codes.iter_mut().find(|(s, _)| *s == status) {
+                    Some((_, n)) => *n += 1,
+                    None => self.status_codes.push((status, 1)),
+                }
+                self.histogram.record_us(latency_us);
+                self.sum_us += latency_us;
+                self.min_us = if self.histogram.len() == 1 {
+                    latency_us
+                } else {
+                    self.min_us.min(latency_us)
+                };
+                self.max_us = self.max_us.max(latency_us);
+            }
+            Outcome::Error(kind) => {
+                self.errors += 1;
+                self.error_kinds[kind.index()] += 1;
+            }
+        }
+    }
+
+    /// Adds `other` (of the same second) into this bucket.
+    pub fn merge(&mut self, other: &Bucket) {
+        let had_responses = !self.histogram.is_empty();
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.late += other.late;
+        self.last_end_us = self.last_end_us.max(other.last_end_us);
+        for &(status, n) in &other.status_codes {
+            match self.status_codes.iter_mut().find(|(s, _)| *s == status) {
+                Some((_, m)) => *m += n,
+                None => self.status_codes.push((status, n)),
+            }
+        }
+        for (a, b) in self.error_kinds.iter_mut().zip(other.error_kinds) {
+            *a += b;
+        }
+        if !other.histogram.is_empty() {
+            self.min_us = if had_responses {
+                self.min_us.min(other.min_us)
+            } else {
+                other.min_us
+            };
+            self.max_us = self.max_us.max(other.max_us);
+            self.sum_us += other.sum_us;
+            self.histogram
+                .add(&other.histogram)
+                .expect("auto-resizing histograms always merge");
+        }
+    }
+
+    /// Empties the bucket for reuse in `second`, keeping its allocations.
+    pub fn reset(&mut self, second: u32) {
+        self.second = second;
+        self.requests = 0;
+        self.errors = 0;
+        self.status_codes.clear();
+        self.error_kinds = [0; 5];
+        self.late = 0;
+        self.sum_us = 0;
+        self.min_us = 0;
+        self.max_us = 0;
+        self.last_end_us = 0;
+        self.histogram.reset();
+    }
+
+    /// The wire form.
+    pub fn to_wire(&self) -> BucketStats {
+        BucketStats {
+            second: self.second,
+            requests: self.requests,
+            errors: self.errors,
+            status_codes: self.status_codes.iter().copied().collect(),
+            error_kinds: ErrorKind::ALL
+                .iter()
+                .filter(|k| self.error_kinds[k.index()] > 0)
+                .map(|k| (*k, self.error_kinds[k.index()]))
+                .collect(),
+            late: self.late,
+            latency_sum_us: self.sum_us,
+            latency_min_us: self.min_us,
+            latency_max_us: self.max_us,
+            histogram: self
+                .histogram
+                .to_base64()
+                .expect("encoding into memory cannot fail"),
+        }
+    }
+}
+
+/// Buckets flushed by workers and not yet reported, by second.
+#[derive(Debug, Default)]
+pub struct Pending {
+    buckets: Mutex<BTreeMap<u32, Bucket>>,
+}
+
+impl Pending {
+    /// Merges a worker's bucket in.
+    pub fn absorb(&self, bucket: &Bucket) {
+        let mut buckets = self.buckets.lock().expect("stats lock poisoned");
+        buckets
+            .entry(bucket.second)
+            .or_insert_with(|| Bucket::new(bucket.second))
+            .merge(bucket);
+    }
+
+    /// Takes everything flushed so far, oldest second first.
+    pub fn drain(&self) -> Vec<Bucket> {
+        let mut buckets = self.buckets.lock().expect("stats lock poisoned");
+        std::mem::take(&mut *buckets).into_values().collect()
+    }
+}
+
+/// A worker's recorder: a local bucket, flushed to [`Pending`] when the second changes.
+pub struct Recorder {
+    start: Instant,
+    local: Bucket,
+    pending: Arc<Pending>,
+}
+
+impl Recorder {
+    /// A recorder for a run that started (or starts) at `start`.
+    pub fn new(start: Instant, pending: Arc<Pending>) -> Self {
+        Recorder {
+            start,
+            local: Bucket::new(0),
+            pending,
+        }
+    }
+
+    fn second_of(&self, at: Instant) -> u32 {
+        (at.saturating_duration_since(self.start).as_secs()).min(u64::from(u32::MAX)) as u32
+    }
+
+    /// Records a request that was due (or sent) at `from` and completed at `end`.
+    #[inline]
+    pub fn record(&mut self, outcome: Outcome, from: Instant, end: Instant, late: bool) {
+        let second = self.second_of(end);
+        if second != self.local.second {
+            self.flush();
+            self.local.second = second;
+        }
+        let latency = end.saturating_duration_since(from);
+        let end_us = duration_us(end.saturating_duration_since(self.start));
+        self.local
+            .record(outcome, duration_us(latency), end_us, late);
+    }
+
+    /// Flushes if the local bucket belongs to a second that has passed, so an idle worker
+    /// does not hold data back from the live view.
+    pub fn flush_if_stale(&mut self, now: Instant) {
+        if !self.local.is_empty() && self.second_of(now) != self.local.second {
+            self.flush();
+        }
+    }
+
+    /// Hands the local bucket to the reporter.
+    pub fn flush(&mut self) {
+        if !self.local.is_empty() {
+            self.pending.absorb(&self.local);
+            let second = self.local.second;
+            self.local.reset(second);
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+fn duration_us(d: Duration) -> u64 {
+    d.as_micros().min(u128::from(u64::MAX)) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_merge_exactly() {
+        let mut a = Bucket::new(3);
+        a.record(Outcome::Response(200), 100, 10, false);
+        a.record(Outcome::Response(503), 300, 20, true);
+        let mut b = Bucket::new(3);
+        b.record(Outcome::Response(200), 50, 30, false);
+        b.record(Outcome::Error(ErrorKind::Connect), 0, 40, false);
+        a.merge(&b);
+        let w = a.to_wire();
+        assert_eq!((w.requests, w.errors, w.late), (4, 2, 1));
+        assert_eq!(w.status_codes[&200], 2);
+        assert_eq!(w.status_codes[&503], 1);
+        assert_eq!(w.error_kinds[&ErrorKind::Connect], 1);
+        assert_eq!((w.latency_min_us, w.latency_max_us), (50, 300));
+        assert_eq!(w.latency_sum_us, 450);
+        assert_eq!(a.last_end_us, 40);
+    }
+
+    #[test]
+    fn recorder_splits_by_second_and_flushes_on_drop() {
+        let pending = Arc::new(Pending::default());
+        let start = Instant::now();
+        {
+            let mut r = Recorder::new(start, pending.clone());
+            let ok = Outcome::Response(200);
+            r.record(ok, start, start + Duration::from_millis(10), false);
+            r.record(ok, start, start + Duration::from_millis(900), false);
+            r.record(ok, start, start + Duration::from_millis(1500), false);
+            r.flush_if_stale(start + Duration::from_millis(2100));
+            r.record(ok, start, start + Duration::from_millis(2500), false);
+        }
+        let drained = pending.drain();
+        let by_second: Vec<(u32, u64)> = drained.iter().map(|b| (b.second, b.requests)).collect();
+        assert_eq!(by_second, vec![(0, 2), (1, 1), (2, 1)]);
+        assert!(pending.drain().is_empty());
+    }
+}

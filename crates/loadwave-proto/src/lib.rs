@@ -1,0 +1,37 @@
+//! The loadwave wire protocol.
+//!
+//! Everything that crosses a process boundary is defined here, so that the CLI, the
+//! orchestrator, the drivers and the Lambda functions agree on one set of types:
+//!
+//! - [`spec`]: the test specification users submit (`POST /tests`, `loadwave run`), with its
+//!   validation, which names the offending field on every error;
+//! - [`threshold`]: pass/fail criteria such as `p99 < 200ms` or `error_rate < 1%`;
+//! - [`message`]: the versioned JSON envelope carried on the five Kafka topics of the
+//!   original system (`register`, `test_config`, `trigger`, `metrics`, `heartbeat`);
+//! - [`histogram`]: HDR histograms in the compressed V2 format, base64-encoded for JSON,
+//!   so drivers ship every latency they recorded rather than a summary of it.
+//!
+//! The crate has no I/O and no runtime; it is shared by every other loadwave crate.
+
+pub mod histogram;
+pub mod message;
+pub mod spec;
+pub mod threshold;
+
+pub use histogram::{HistogramError, LatencyHistogram};
+pub use message::{
+    Activity, BucketStats, DecodeError, DriverHealth, DriverTotals, ErrorKind, Heartbeat, Message,
+    MetricsReport, PROTOCOL_VERSION, Register, TestConfig, Topic, Trigger, TriggerAction,
+};
+pub use spec::{SpecError, TargetUrl, TestSpec, TestType, parse_target_url};
+pub use threshold::{Metric, Threshold, ThresholdError};
+
+/// Milliseconds since the Unix epoch, the wall-clock unit used on the wire.
+///
+/// Drivers on different machines share instants (the trigger's start time) in this unit.
+pub fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,61 @@
+//! `loadwave`: the command line of the loadwave distributed HTTP load tester.
+//!
+//! `loadwave run` is the zero-setup path: the orchestrator core and N drivers in one
+//! process over an in-memory bus, the same engine, fold and JSON as the distributed
+//! system. Exit code 0 when the test passed, 1 when thresholds failed (or work was
+//! lost), 2 on bad input or error.
+//!
+//! ```text
+//! loadwave run --target-url http://127.0.0.1:8080/ping --test-type avalanche \
+//!     --drivers 2 --requests-per-driver 10000 --concurrency 16 --threshold 'p99 < 50ms'
+//! ```
+
+mod render;
+mod run;
+mod spec_args;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Command-line interface.
+#[derive(Debug, Parser)]
+#[command(
+    name = "loadwave",
+    version,
+    about = "Distributed HTTP load testing with exact percentiles"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a test in this process: the orchestrator core and N drivers over an in-memory bus.
+    Run(run::RunArgs),
+}
+
+/// The exit codes of the contract.
+pub mod exit {
+    /// The test passed.
+    pub const PASS: u8 = 0;
+    /// Thresholds failed, or the test lost work.
+    pub const FAIL: u8 = 1;
+    /// Bad input or an error.
+    pub const ERROR: u8 = 2;
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let code = match cli.command {
+        Command::Run(args) => run::main(args),
+    };
+    ExitCode::from(code)
+}

@@ -1,0 +1,253 @@
+//! What people read: the live progress line and the summary table.
+
+use std::fmt::Write as _;
+
+use loadwave_core::{DriverPhase, TestStatus, TestView};
+
+/// `12345` → `12,345`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn ms(v: f64) -> String {
+    if v >= 1000.0 {
+        format!("{:.2}s", v / 1000.0)
+    } else if v >= 100.0 {
+        format!("{v:.0}ms")
+    } else if v >= 10.0 {
+        format!("{v:.1}ms")
+    } else {
+        format!("{v:.2}ms")
+    }
+}
+
+/// One line of live progress: elapsed, counts, the last full second's rate and
+/// percentiles, errors, drivers.
+pub fn progress_line(view: &TestView, now_ms: u64) -> String {
+    let elapsed = view
+        .start_at_ms
+        .map(|s| now_ms.saturating_sub(s) as f64 / 1000.0)
+        .unwrap_or(0.0);
+    let s = &view.summary;
+    // The newest second may still be filling; show the one before it when there is one.
+    let recent = match view.timeline.len() {
+        0 => None,
+        1 => view.timeline.last(),
+        n => view.timeline.get(n - 2),
+    };
+    let running = view
+        .drivers
+        .iter()
+        .filter(|d| d.state == DriverPhase::Running)
+        .count();
+    let pct = if s.expected_requests > 0 {
+        100.0 * s.requests as f64 / s.expected_requests as f64
+    } else {
+        0.0
+    };
+    let mut line = format!(
+        "[{elapsed:>6.1}s] {:<9} {:>5.1}%  {} / {} req",
+        view.status.as_str(),
+        pct,
+        thousands(s.requests),
+        thousands(s.expected_requests),
+    );
+    if let Some(p) = recent {
+        let _ = write!(
+            line,
+            "  {} rps  p50 {}  p99 {}",
+            thousands(p.requests),
+            ms(p.p50_ms),
+            ms(p.p99_ms)
+        );
+    }
+    let _ = write!(
+        line,
+        "  errors {}  drivers {running}/{} running",
+        thousands(s.errors),
+        view.drivers.len()
+    );
+    line
+}
+
+/// The end-of-test summary.
+pub fn summary_table(view: &TestView) -> String {
+    let spec = &view.spec;
+    let s = &view.summary;
+    let l = &s.latency_ms;
+    let mut out = String::new();
+    let title = spec.name.as_deref().unwrap_or("loadwave");
+    let _ = writeln!(
+        out,
+        "{title} · {} · {} · {} driver(s) × {} requests, concurrency {}{}",
+        spec.test_type,
+        spec.target_url,
+        spec.drivers,
+        thousands(spec.requests_per_driver),
+        spec.concurrency,
+        spec.delay_ms
+            .map(|d| format!(", one request every {d} ms per driver"))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "  status        {}{}",
+        view.status.as_str(),
+        view.error
+            .as_deref()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(
+        out,
+        "  requests      {} of {} in {:.2} s  ({} rps)",
+        thousands(s.requests),
+        thousands(s.expected_requests),
+        s.duration_s,
+        thousands(s.rps.round() as u64)
+    );
+    let _ = writeln!(
+        out,
+        "  errors        {} ({:.2}%)",
+        thousands(s.errors),
+        s.error_rate * 100.0
+    );
+    if spec.delay_ms.is_some() {
+        let _ = writeln!(
+            out,
+            "  late          {} sent more than 1 ms after their due time",
+            thousands(s.late)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  latency       min {}  mean {}  p50 {}  p90 {}  p95 {}  p99 {}  p99.9 {}  max {}",
+        ms(l.min),
+        ms(l.mean),
+        ms(l.p50),
+        ms(l.p90),
+        ms(l.p95),
+        ms(l.p99),
+        ms(l.p999),
+        ms(l.max)
+    );
+    let codes: Vec<String> = s
+        .status_codes
+        .iter()
+        .map(|(c, n)| format!("{c}: {}", thousands(*n)))
+        .collect();
+    let _ = writeln!(
+        out,
+        "  status codes  {}",
+        if codes.is_empty() {
+            "-".into()
+        } else {
+            codes.join("  ")
+        }
+    );
+    let kinds: Vec<String> = s
+        .error_kinds
+        .iter()
+        .map(|(k, n)| format!("{k}: {}", thousands(*n)))
+        .collect();
+    let _ = writeln!(
+        out,
+        "  error kinds   {}",
+        if kinds.is_empty() {
+            "-".into()
+        } else {
+            kinds.join("  ")
+        }
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "  {:<14} {:<10} {:>12} {:>8} {:>10} {:>10} {:>7}",
+        "driver", "state", "requests", "errors", "p50", "p99", "cpu%"
+    );
+    for d in &view.drivers {
+        let _ = writeln!(
+            out,
+            "  {:<14} {:<10} {:>12} {:>8} {:>10} {:>10} {:>7.0}{}",
+            d.id,
+            format!("{:?}", d.state).to_lowercase(),
+            thousands(d.requests),
+            thousands(d.errors),
+            ms(d.latency_ms.p50),
+            ms(d.latency_ms.p99),
+            d.health.cpu_percent,
+            if d.missing_requests > 0 {
+                format!("  ({} requests missing)", thousands(d.missing_requests))
+            } else {
+                String::new()
+            }
+        );
+    }
+    for w in &view.warnings {
+        let _ = writeln!(out, "\n  warning: {w}");
+    }
+    if let Some(v) = &view.verdict {
+        let _ = writeln!(out);
+        for c in &v.checks {
+            let _ = writeln!(
+                out,
+                "  {} {:<24} actual {}",
+                if c.passed { "✓" } else { "✗" },
+                c.threshold,
+                format_actual(&c.threshold, c.actual)
+            );
+        }
+        for r in &v.reasons {
+            let _ = writeln!(out, "  - {r}");
+        }
+        let _ = writeln!(
+            out,
+            "  verdict       {}",
+            if v.passed { "PASS" } else { "FAIL" }
+        );
+    } else if view.status == TestStatus::Running {
+        let _ = writeln!(out, "  verdict       (running)");
+    }
+    out
+}
+
+fn format_actual(threshold: &str, actual: f64) -> String {
+    let metric = threshold
+        .split(['<', '>'])
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match metric.as_str() {
+        "error_rate" => format!("{:.3}%", actual * 100.0),
+        "rps" => format!("{actual:.1}"),
+        "requests" | "errors" => thousands(actual as u64),
+        _ => ms(actual),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_numbers_for_people() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1234567), "1,234,567");
+        assert_eq!(ms(0.123), "0.12ms");
+        assert_eq!(ms(12.34), "12.3ms");
+        assert_eq!(ms(1500.0), "1.50s");
+        assert_eq!(format_actual("error_rate < 1%", 0.005), "0.500%");
+    }
+}
