@@ -91,7 +91,8 @@ pub struct Summary {
     pub status_codes: BTreeMap<String, u64>,
     /// Transport errors by kind (`connect`, `timeout`, `reset`, `tls`, `other`).
     pub error_kinds: BTreeMap<String, u64>,
-    /// Tsunami: requests sent more than 1 ms after their due time.
+    /// Tsunami: requests that waited more than 1 ms past their due time for a free
+    /// connection (every connection was busy).
     pub late: u64,
     /// From the start instant to the last completed request, seconds.
     pub duration_s: f64,

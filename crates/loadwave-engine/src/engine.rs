@@ -5,7 +5,8 @@
 //!   one completed; latency is measured from the send.
 //! - Tsunami (open model): request *k* is due at `start + k·delay`. The worker that takes
 //!   *k* sleeps until the due time if it is early; if every worker was busy and *k* is
-//!   taken after its due time, it is sent at once and counted late. Either way latency is
+//!   taken after its due time, it is sent at once and counted late (when it waited more
+//!   than a millisecond for its connection). Either way latency is
 //!   measured from the due time, so a stalling target shows up as the queueing delay its
 //!   users would feel (coordinated omission corrected, as wrk2 does).
 //!
@@ -24,7 +25,8 @@ use crate::EngineError;
 use crate::client::{Connection, Target};
 use crate::stats::{Bucket, Pending, Recorder};
 
-/// A request sent later than this after its due time counts as late.
+/// A request that waited longer than this past its due time for a free connection
+/// counts as late.
 const LATE_AFTER: Duration = Duration::from_millis(1);
 
 /// How requests are paced.
@@ -189,6 +191,9 @@ async fn worker(
         _ = tokio::time::sleep_until(start_at) => {}
         _ = stop.cancelled() => return,
     }
+    // When this worker's connection last became free: a request due before that had to
+    // wait for it. Timer jitter on waking up is not lateness of this kind.
+    let mut free_since = start;
     loop {
         if stop.is_cancelled() {
             break;
@@ -207,15 +212,15 @@ async fn worker(
                         _ = tokio::time::sleep_until(tokio::time::Instant::from_std(due)) => {}
                         _ = stop.cancelled() => break,
                     }
-                    (due, false)
-                } else {
-                    (due, now.duration_since(due) > LATE_AFTER)
                 }
+                (due, free_since.saturating_duration_since(due) > LATE_AFTER)
             }
         };
         let outcome = conn.send(target).await;
         sent.fetch_add(1, Ordering::Relaxed);
-        recorder.record(outcome, from, Instant::now(), late);
+        let end = Instant::now();
+        free_since = end;
+        recorder.record(outcome, from, end, late);
     }
 }
 

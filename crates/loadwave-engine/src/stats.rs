@@ -25,7 +25,7 @@ pub struct Bucket {
     /// Small, linear: a test sees a handful of distinct codes.
     status_codes: Vec<(u16, u64)>,
     error_kinds: [u64; 5],
-    /// Requests sent more than a millisecond after their due time.
+    /// Requests that waited more than a millisecond past their due time for a connection.
     pub late: u64,
     sum_us: u64,
     min_us: u64,

@@ -152,17 +152,16 @@ impl TestSpec {
             let path = err.path().to_string();
             let inner = err.into_inner();
             let message = strip_position(&inner.to_string());
-            let field = field_named_in(&message).unwrap_or_else(|| {
-                if path == "." {
-                    if inner.is_syntax() || inner.is_eof() {
-                        "body".to_string()
-                    } else {
-                        "spec".to_string()
-                    }
-                } else {
-                    path
-                }
-            });
+            let field = if inner.is_syntax() || inner.is_eof() {
+                // Not JSON at all: no field to name, the document itself is at fault.
+                "body".to_string()
+            } else if let Some(named) = field_named_in(&message) {
+                named
+            } else if path == "." {
+                "spec".to_string()
+            } else {
+                path
+            };
             SpecError { field, message }
         })?;
         spec.validate()?;

@@ -124,7 +124,7 @@ pub fn summary_table(view: &TestView) -> String {
     if spec.delay_ms.is_some() {
         let _ = writeln!(
             out,
-            "  late          {} sent more than 1 ms after their due time",
+            "  late          {} waited more than 1 ms past their due time for a free connection",
             thousands(s.late)
         );
     }

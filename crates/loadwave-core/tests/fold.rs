@@ -1,0 +1,405 @@
+//! The fold, message by message: merging, idempotency, lifecycle, thresholds.
+
+use std::collections::BTreeMap;
+
+use loadwave_core::{Applied, DriverPhase, TestOptions, TestState, TestStatus};
+use loadwave_proto::{
+    Activity, BucketStats, DriverHealth, DriverTotals, ErrorKind, Heartbeat, LatencyHistogram,
+    Message, MetricsReport, Register, TestSpec, TriggerAction,
+};
+
+const T0: u64 = 1_700_000_000_000;
+
+fn spec(drivers: u32, requests: u64, thresholds: &[&str]) -> TestSpec {
+    let json = serde_json::json!({
+        "target_url": "http://127.0.0.1:9/ping",
+        "test_type": "avalanche",
+        "drivers": drivers,
+        "requests_per_driver": requests,
+        "thresholds": thresholds,
+    });
+    TestSpec::from_json(json.to_string().as_bytes()).unwrap()
+}
+
+fn ids(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("d{i}")).collect()
+}
+
+/// A deterministic stream of latencies with a long tail.
+fn samples(seed: u64, n: usize) -> Vec<u64> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let u = (x >> 33) as f64 / (1u64 << 31) as f64;
+            // 200 µs to ~2 s, heavy tail.
+            (200.0 / (1.0 - u * 0.9999)) as u64
+        })
+        .collect()
+}
+
+/// A report whose buckets hold `latencies` (all 200 responses) by second.
+fn report(
+    driver: &str,
+    seq: u64,
+    is_final: bool,
+    by_second: &[(u32, Vec<u64>)],
+    totals: u64,
+) -> Message {
+    let buckets = by_second
+        .iter()
+        .map(|(second, lat)| {
+            let mut h = LatencyHistogram::new();
+            lat.iter().for_each(|v| h.record_us(*v));
+            BucketStats {
+                second: *second,
+                requests: lat.len() as u64,
+                errors: 0,
+                status_codes: BTreeMap::from([(200, lat.len() as u64)]),
+                error_kinds: BTreeMap::new(),
+                late: 0,
+                latency_sum_us: lat.iter().sum(),
+                latency_min_us: lat.iter().copied().min().unwrap_or(0),
+                latency_max_us: lat.iter().copied().max().unwrap_or(0),
+                histogram: h.to_base64().unwrap(),
+            }
+        })
+        .collect();
+    Message::Metrics(MetricsReport {
+        test_id: "t".into(),
+        driver_id: driver.into(),
+        seq,
+        is_final,
+        buckets,
+        totals: DriverTotals {
+            requests: totals,
+            errors: 0,
+        },
+        elapsed_ms: 1000 * (by_second.iter().map(|b| b.0).max().unwrap_or(0) as u64 + 1),
+        stopped: false,
+        health: DriverHealth::default(),
+    })
+}
+
+fn ready(driver: &str) -> Message {
+    Message::Register(Register {
+        driver_id: driver.into(),
+        host: "h".into(),
+        pid: 1,
+        version: "0".into(),
+        test_id: Some("t".into()),
+    })
+}
+
+fn heartbeat(driver: &str, seq: u64) -> Message {
+    Message::Heartbeat(Heartbeat {
+        driver_id: driver.into(),
+        seq,
+        sent_at_ms: 0,
+        activity: Activity::Running,
+        test_id: Some("t".into()),
+    })
+}
+
+/// A running test with every driver ready and triggered at T0.
+fn running(drivers: usize, requests: u64, thresholds: &[&str]) -> TestState {
+    let mut s = TestState::new(
+        "t",
+        spec(drivers as u32, requests, thresholds),
+        ids(drivers),
+        T0,
+        TestOptions::default(),
+    );
+    s.poll(T0);
+    for d in ids(drivers) {
+        assert_eq!(s.apply(&ready(&d), T0), Applied::Changed);
+    }
+    s.poll(T0);
+    assert_eq!(s.status(), TestStatus::Running);
+    s
+}
+
+/// Every driver's reports: (driver, messages). Each driver gets three seconds of samples
+/// spread over two interval reports and a final one.
+fn workload(drivers: usize) -> (Vec<Message>, Vec<u64>) {
+    let mut all = Vec::new();
+    let mut messages = Vec::new();
+    for d in 0..drivers {
+        let lat = samples(d as u64 + 1, 3000);
+        all.extend_from_slice(&lat);
+        let id = format!("d{d}");
+        let (a, rest) = lat.split_at(1000);
+        let (b, c) = rest.split_at(1200);
+        messages.push(report(&id, 0, false, &[(0, a.to_vec())], 1000));
+        messages.push(report(
+            &id,
+            1,
+            false,
+            &[(1, b[..700].to_vec()), (0, b[700..].to_vec())],
+            2200,
+        ));
+        messages.push(report(&id, 2, true, &[(2, c.to_vec())], 3000));
+    }
+    (messages, all)
+}
+
+#[test]
+fn merged_percentiles_equal_one_histogram_of_all_samples() {
+    let (messages, all) = workload(4);
+    let mut s = running(4, 3000, &[]);
+    for m in &messages {
+        assert_eq!(s.apply(m, T0 + 3000), Applied::Changed);
+    }
+    s.poll(T0 + 3000);
+    let view = s.view();
+    assert_eq!(view.status, TestStatus::Completed);
+
+    let mut single = LatencyHistogram::new();
+    all.iter().for_each(|v| single.record_us(*v));
+    let l = view.summary.latency_ms;
+    let ms = |us: u64| us as f64 / 1000.0;
+    assert_eq!(view.summary.requests, 12_000);
+    assert_eq!(view.summary.status_codes["200"], 12_000);
+    assert_eq!(l.p50, ms(single.quantile_us(0.50)));
+    assert_eq!(l.p90, ms(single.quantile_us(0.90)));
+    assert_eq!(l.p99, ms(single.quantile_us(0.99)));
+    assert_eq!(l.p999, ms(single.quantile_us(0.999)));
+    assert_eq!(l.min, ms(*all.iter().min().unwrap()));
+    assert_eq!(l.max, ms(*all.iter().max().unwrap()));
+    let mean = all.iter().sum::<u64>() as f64 / all.len() as f64 / 1000.0;
+    assert!((l.mean - mean).abs() < 0.001, "{} vs {mean}", l.mean);
+
+    // Averaging the drivers' p99s would not give the merged p99 of this skewed data.
+    let avg_p99: f64 = view.drivers.iter().map(|d| d.latency_ms.p99).sum::<f64>() / 4.0;
+    assert_ne!(avg_p99, l.p99);
+
+    // The timeline's seconds add up to the total, and second 0 got its late bucket.
+    let per_second: u64 = view.timeline.iter().map(|p| p.requests).sum();
+    assert_eq!(per_second, 12_000);
+    assert_eq!(view.timeline[0].requests, 4 * 1500);
+    assert_eq!(view.summary.duration_s, 3.0);
+    assert_eq!(view.summary.rps, 4000.0);
+}
+
+#[test]
+fn redelivery_and_reordering_change_nothing() {
+    let (messages, _) = workload(3);
+    let mut once = running(3, 3000, &[]);
+    for m in &messages {
+        once.apply(m, T0 + 3000);
+    }
+    once.poll(T0 + 3000);
+
+    let mut twice = running(3, 3000, &[]);
+    // Reverse order, each message delivered twice, with a heartbeat in between.
+    for m in messages.iter().rev() {
+        twice.apply(m, T0 + 3000);
+        twice.apply(&heartbeat("d0", 9), T0 + 3000);
+        assert_eq!(twice.apply(m, T0 + 3000), Applied::Duplicate);
+    }
+    twice.poll(T0 + 3000);
+    let (a, b) = (once.view(), twice.view());
+    assert_eq!(a.summary, b.summary);
+    assert_eq!(a.timeline, b.timeline);
+    assert_eq!(a.status, b.status);
+    assert_eq!(twice.duplicates(), 9);
+    assert!(b.warnings.iter().any(|w| w.contains("9 re-delivered")));
+}
+
+#[test]
+fn lifecycle_configures_triggers_and_completes() {
+    let mut s = TestState::new("t", spec(2, 10, &[]), ids(2), T0, TestOptions::default());
+    let out = s.poll(T0);
+    let configs: Vec<_> = out
+        .iter()
+        .filter_map(|m| match m {
+            Message::TestConfig(c) => Some((c.driver_id.clone(), c.driver_index)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(configs, vec![("d0".into(), 0), ("d1".into(), 1)]);
+    // Nothing again before the resend interval...
+    assert!(s.poll(T0 + 500).is_empty());
+    // ...but at once for a driver that (re)registers.
+    s.apply(
+        &Message::Register(Register {
+            driver_id: "d1".into(),
+            host: "h".into(),
+            pid: 1,
+            version: "0".into(),
+            test_id: None,
+        }),
+        T0 + 600,
+    );
+    assert_eq!(s.poll(T0 + 600).len(), 1);
+    s.apply(&ready("d0"), T0 + 700);
+    assert!(
+        s.poll(T0 + 700).is_empty(),
+        "no trigger before every driver is ready"
+    );
+    s.apply(&ready("d1"), T0 + 800);
+    let out = s.poll(T0 + 800);
+    assert!(matches!(
+        &out[..],
+        [Message::Trigger(t)] if t.action == TriggerAction::Start { start_at_ms: T0 + 800 + 1000 }
+    ));
+    assert_eq!(s.status(), TestStatus::Running);
+    s.apply(&report("d0", 0, true, &[(0, vec![100; 10])], 10), T0 + 2000);
+    s.poll(T0 + 2000);
+    assert_eq!(s.status(), TestStatus::Running);
+    s.apply(&report("d1", 0, true, &[(0, vec![100; 10])], 10), T0 + 2100);
+    s.poll(T0 + 2100);
+    let view = s.view();
+    assert_eq!(view.status, TestStatus::Completed);
+    assert!(view.verdict.unwrap().passed);
+    assert!(
+        view.drivers
+            .iter()
+            .all(|d| d.state == DriverPhase::Completed)
+    );
+}
+
+#[test]
+fn a_silent_driver_is_lost_and_its_missing_work_named() {
+    let mut s = running(2, 100, &[]);
+    s.apply(
+        &report("d0", 0, false, &[(0, vec![500; 40])], 40),
+        T0 + 1000,
+    );
+    s.apply(
+        &report("d1", 0, false, &[(0, vec![500; 40])], 40),
+        T0 + 1000,
+    );
+    s.apply(
+        &report("d1", 1, true, &[(1, vec![500; 60])], 100),
+        T0 + 2000,
+    );
+    s.apply(&heartbeat("d0", 1), T0 + 1500);
+    s.poll(T0 + 4000);
+    assert_eq!(s.status(), TestStatus::Running, "3 s have not passed yet");
+    s.poll(T0 + 4501);
+    let view = s.view();
+    assert_eq!(view.status, TestStatus::Completed);
+    let d0 = &view.drivers[0];
+    assert_eq!(
+        (d0.state, d0.requests, d0.missing_requests),
+        (DriverPhase::Lost, 40, 60)
+    );
+    assert_eq!(view.summary.requests, 140, "the lost driver's data is kept");
+    let verdict = view.verdict.unwrap();
+    assert!(!verdict.passed);
+    assert!(verdict.reasons[0].contains("d0 was lost: 60 of its 100"));
+}
+
+#[test]
+fn drivers_that_never_get_ready_fail_the_test_with_their_names() {
+    let mut s = TestState::new("t", spec(2, 1, &[]), ids(2), T0, TestOptions::default());
+    s.poll(T0);
+    s.apply(&ready("d0"), T0 + 10);
+    s.poll(T0 + 29_999);
+    assert_eq!(s.status(), TestStatus::Pending);
+    let out = s.poll(T0 + 30_000);
+    assert!(matches!(&out[..], [Message::Trigger(t)] if t.action == TriggerAction::Stop));
+    let view = s.view();
+    assert_eq!(view.status, TestStatus::Failed);
+    assert!(view.error.unwrap().contains("d1"));
+}
+
+#[test]
+fn stop_ends_the_test_as_stopped_with_partial_counts() {
+    let mut s = running(1, 1000, &[]);
+    s.apply(
+        &report("d0", 0, false, &[(0, vec![100; 10])], 10),
+        T0 + 1000,
+    );
+    let out = s.request_stop(T0 + 1100);
+    assert!(matches!(&out[..], [Message::Trigger(t)] if t.action == TriggerAction::Stop));
+    let mut last = report("d0", 1, true, &[(1, vec![100; 5])], 15);
+    if let Message::Metrics(m) = &mut last {
+        m.stopped = true;
+    }
+    s.apply(&last, T0 + 1200);
+    s.poll(T0 + 1200);
+    let view = s.view();
+    assert_eq!(view.status, TestStatus::Stopped);
+    assert_eq!(view.drivers[0].state, DriverPhase::Stopped);
+    assert_eq!(
+        (view.summary.requests, view.drivers[0].missing_requests),
+        (15, 985)
+    );
+    assert!(!view.verdict.unwrap().passed);
+}
+
+#[test]
+fn thresholds_give_the_verdict() {
+    let run = |thresholds: &[&str]| {
+        let mut s = running(1, 100, thresholds);
+        // 99 fast answers and one slow one; 5 transport errors on top.
+        let mut m = report(
+            "d0",
+            0,
+            true,
+            &[(0, [vec![1_000; 98], vec![50_000; 2]].concat())],
+            105,
+        );
+        if let Message::Metrics(r) = &mut m {
+            r.buckets[0].requests += 5;
+            r.buckets[0].errors += 5;
+            r.buckets[0].error_kinds.insert(ErrorKind::Timeout, 5);
+        }
+        s.apply(&m, T0 + 1000);
+        s.poll(T0 + 1000);
+        s.view().verdict.unwrap()
+    };
+    let v = run(&[
+        "p50 < 2ms",
+        "p99 < 100ms",
+        "error_rate < 10%",
+        "requests >= 105",
+    ]);
+    assert!(v.passed, "{v:?}");
+    let v = run(&["p99 < 10ms", "error_rate < 1%", "rps > 1000000"]);
+    assert!(!v.passed);
+    assert_eq!(v.checks.iter().filter(|c| !c.passed).count(), 3);
+    let er = &v.checks[1];
+    assert!((er.actual - 5.0 / 105.0).abs() < 1e-6, "{er:?}");
+    assert!(v.reasons.iter().any(|r| r == "3 of 3 thresholds failed"));
+}
+
+#[test]
+fn bad_and_foreign_reports_change_nothing() {
+    let mut s = running(1, 10, &[]);
+    let mut bad = report("d0", 0, false, &[(0, vec![100; 3])], 3);
+    if let Message::Metrics(m) = &mut bad {
+        m.buckets[0].histogram = "%%%".into();
+    }
+    assert!(matches!(s.apply(&bad, T0), Applied::Rejected(_)));
+    let mut foreign = report("d0", 0, false, &[(0, vec![100; 3])], 3);
+    if let Message::Metrics(m) = &mut foreign {
+        m.test_id = "other".into();
+    }
+    assert_eq!(s.apply(&foreign, T0), Applied::Ignored);
+    assert_eq!(
+        s.apply(&report("zz", 0, false, &[], 0), T0),
+        Applied::Ignored
+    );
+    assert_eq!(s.view().summary.requests, 0);
+    // The rejected sequence number is still free for the good report.
+    assert_eq!(
+        s.apply(&report("d0", 0, false, &[(0, vec![100; 3])], 3), T0),
+        Applied::Changed
+    );
+    assert_eq!(s.view().summary.requests, 3);
+}
+
+#[test]
+fn reports_survive_the_wire_encoding() {
+    let (messages, _) = workload(1);
+    for m in messages {
+        assert_eq!(Message::decode(&m.encode()).unwrap(), m);
+    }
+}
