@@ -8,31 +8,27 @@ mkdir -p "$STATE_DIR"
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
-# wait_http HOST PORT PATH [SECONDS]: until GET answers 200, using bash's /dev/tcp so
-# nothing beyond bash is needed.
+# http_get HOST PORT PATH: prints the status line and body of a GET, using bash's
+# /dev/tcp so nothing beyond bash is needed. Fails quietly when nothing listens.
+http_get() {
+  local host=$1 port=$2 path=$3
+  (
+    exec 3<>"/dev/tcp/$host/$port" || exit 1
+    printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$path" "$host" >&3
+    cat <&3
+  ) 2>/dev/null
+}
+
+# wait_http HOST PORT PATH [SECONDS]: until GET answers 200.
 wait_http() {
   local host=$1 port=$2 path=$3 limit=${4:-30} i
   for ((i = 0; i < limit * 10; i++)); do
-    if exec 3<>"/dev/tcp/$host/$port" 2>/dev/null; then
-      printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$path" "$host" >&3
-      if head -n 1 <&3 | grep -q ' 200'; then
-        exec 3<&- 3>&-
-        return 0
-      fi
-      exec 3<&- 3>&-
+    if http_get "$host" "$port" "$path" | head -n 1 | grep -q ' 200'; then
+      return 0
     fi
     sleep 0.1
   done
   return 1
-}
-
-# http_get HOST PORT PATH: prints the response body.
-http_get() {
-  local host=$1 port=$2 path=$3
-  exec 3<>"/dev/tcp/$host/$port" || return 1
-  printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$path" "$host" >&3
-  sed '1,/^\r$/d' <&3
-  exec 3<&- 3>&-
 }
 
 # start_bg NAME CMD...: starts CMD in the background, its pid in $STATE_DIR/NAME.pid and

@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{self, Plan};
-use crate::sysmon::SysMonitor;
+use crate::sysmon::{HealthProbe, SysMonitor};
 
 /// How often a driver says it is alive (the orchestrator declares it lost after 3 s).
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
@@ -267,7 +267,7 @@ async fn execute(
         bus: bus.clone(),
         test_id: cfg.test_id.clone(),
         driver_id: cfg.driver_id.clone(),
-        monitor,
+        health: monitor.probe(),
         seq: 0,
         totals: DriverTotals::default(),
         elapsed_us: 0,
@@ -314,7 +314,7 @@ struct Reporter {
     bus: Arc<dyn Bus>,
     test_id: String,
     driver_id: String,
-    monitor: Arc<SysMonitor>,
+    health: HealthProbe,
     seq: u64,
     totals: DriverTotals,
     elapsed_us: u64,
@@ -337,7 +337,7 @@ impl Reporter {
             totals: self.totals.clone(),
             elapsed_ms: self.elapsed_us.div_ceil(1000),
             stopped,
-            health: self.monitor.health(),
+            health: self.health.sample(),
         });
         self.seq += 1;
         publish(&*self.bus, &report, &self.shutdown).await;

@@ -19,7 +19,7 @@ pub mod sysmon;
 
 pub use agent::{AgentConfig, AgentError, AgentMode, run_agent};
 pub use engine::{Model, Plan, RunHandle, RunOutcome};
-pub use sysmon::SysMonitor;
+pub use sysmon::{HealthProbe, SysMonitor};
 
 /// A test that cannot be run as specified.
 #[derive(Debug, thiserror::Error)]
