@@ -6,7 +6,7 @@ use loadwave_proto::{BucketStats, ErrorKind, HistogramError, LatencyHistogram};
 use serde::{Deserialize, Serialize};
 
 /// The sum of any number of driver buckets.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Aggregate {
     /// Requests completed.
     pub requests: u64,
@@ -18,6 +18,7 @@ pub struct Aggregate {
     pub error_kinds: BTreeMap<ErrorKind, u64>,
     /// Tsunami requests sent late.
     pub late: u64,
+    #[serde(with = "u128_text")]
     sum_us: u128,
     min_us: Option<u64>,
     max_us: u64,
@@ -106,4 +107,19 @@ pub struct Latency {
 
 pub(crate) fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
+}
+
+/// JSON numbers stop being exact at 2^53; a u128 sum persists as a decimal string.
+mod u128_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &u128, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u128, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }

@@ -32,6 +32,9 @@ pub async fn drive(
     tokio::pin!(stop);
     let mut stopping = false;
     loop {
+        // In one process the bus cannot stall behind the coordinator's back, so the wall
+        // clock is the bus clock.
+        state.observe_clock(unix_ms_now());
         for message in state.poll(unix_ms_now()) {
             bus.publish(&message).await?;
         }
@@ -43,7 +46,7 @@ pub async fn drive(
                 let Some((message, delivery)) = next else {
                     return Err(BusError::Closed);
                 };
-                if let Applied::Rejected(reason) = state.apply(&message, unix_ms_now()) {
+                if let Applied::Rejected(reason) = state.apply(&message) {
                     tracing::warn!(%reason, "report rejected");
                 }
                 delivery.ack();

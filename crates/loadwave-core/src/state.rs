@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::aggregate::Aggregate;
 
 /// Timing of the coordination, in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TestOptions {
     /// Between the trigger and the common start instant: time for the trigger to reach
     /// every driver and for drivers to open their connections.
@@ -123,7 +123,7 @@ pub enum Applied {
     Rejected(String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct DriverTrack {
     pub(crate) id: String,
     pub(crate) phase: DriverPhase,
@@ -138,6 +138,7 @@ pub(crate) struct DriverTrack {
     pub(crate) elapsed_ms: u64,
     pub(crate) health: DriverHealth,
     pub(crate) peak_health: DriverHealth,
+    pub(crate) start_delay_us: Option<u64>,
 }
 
 impl DriverTrack {
@@ -156,6 +157,7 @@ impl DriverTrack {
             elapsed_ms: 0,
             health: DriverHealth::default(),
             peak_health: DriverHealth::default(),
+            start_delay_us: None,
         }
     }
 
@@ -168,8 +170,9 @@ impl DriverTrack {
     }
 }
 
-/// One test, folded from its drivers' messages.
-#[derive(Debug, Clone)]
+/// One test, folded from its drivers' messages. It serializes whole (histograms as
+/// base64), so a snapshot restores it exactly.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TestState {
     pub(crate) id: String,
     pub(crate) spec: TestSpec,
@@ -184,6 +187,9 @@ pub struct TestState {
     pub(crate) total: Aggregate,
     pub(crate) timeline: BTreeMap<u32, Aggregate>,
     pub(crate) duplicates: u64,
+    /// The newest send time seen on the bus (heartbeats, orchestrator ticks): the clock
+    /// lost-driver detection runs on, so a stalled bus makes nobody lost.
+    clock_ms: u64,
 }
 
 impl TestState {
@@ -212,7 +218,56 @@ impl TestState {
             total: Aggregate::default(),
             timeline: BTreeMap::new(),
             duplicates: 0,
+            clock_ms: now_ms,
         }
+    }
+
+    /// Assigns drivers to a test created without them (a pool that had too few idle
+    /// drivers at the time). Ignored once drivers are assigned or the test has ended.
+    pub fn assign_drivers(&mut self, driver_ids: Vec<String>, now_ms: u64) {
+        if self.drivers.is_empty() && self.status == TestStatus::Pending {
+            self.drivers = driver_ids
+                .into_iter()
+                .map(|d| DriverTrack::new(d, now_ms))
+                .collect();
+        }
+    }
+
+    /// The ids of the assigned drivers.
+    pub fn driver_ids(&self) -> impl Iterator<Item = &str> {
+        self.drivers.iter().map(|d| d.id.as_str())
+    }
+
+    /// Whether `driver_id` is assigned to this test and has not finished its part.
+    pub fn holds_driver(&self, driver_id: &str) -> bool {
+        !self.is_finished()
+            && self
+                .drivers
+                .iter()
+                .any(|d| d.id == driver_id && !d.phase.is_terminal())
+    }
+
+    /// Ends a test that cannot run. Returns what to publish (a stop for any driver that
+    /// already holds its configuration).
+    pub fn fail(&mut self, reason: impl Into<String>, now_ms: u64) -> Vec<Message> {
+        if self.is_finished() {
+            return Vec::new();
+        }
+        self.error = Some(reason.into());
+        self.finish(TestStatus::Failed, now_ms);
+        vec![self.trigger(TriggerAction::Stop)]
+    }
+
+    /// Advances the bus clock: the send time of a message just read from the bus (an
+    /// orchestrator tick or any heartbeat). Where the bus cannot stall (in one process),
+    /// callers pass the wall clock.
+    pub fn observe_clock(&mut self, sent_at_ms: u64) {
+        self.clock_ms = self.clock_ms.max(sent_at_ms);
+    }
+
+    /// When the test was created, ms since the epoch.
+    pub fn created_at_ms(&self) -> u64 {
+        self.created_at_ms
     }
 
     /// The test's id.
@@ -249,24 +304,27 @@ impl TestState {
         self.drivers.iter_mut().find(|d| d.id == id)
     }
 
-    /// Folds one message in.
-    pub fn apply(&mut self, message: &Message, now_ms: u64) -> Applied {
+    /// Folds one message in. Drivers count as alive as of the bus clock (see
+    /// [`TestState::observe_clock`]) when they register or report, and as of their
+    /// heartbeat's send time when they heartbeat.
+    pub fn apply(&mut self, message: &Message) -> Applied {
         let test_id = self.id.clone();
         match message {
             Message::Register(r) => {
+                let clock = self.clock_ms;
                 let Some(d) = self.driver_mut(&r.driver_id) else {
                     return Applied::Ignored;
                 };
                 match &r.test_id {
                     Some(t) if *t == test_id => {
-                        d.last_seen_ms = now_ms;
+                        d.last_seen_ms = d.last_seen_ms.max(clock);
                         if d.phase == DriverPhase::Waiting {
                             d.phase = DriverPhase::Ready;
                         }
                         Applied::Changed
                     }
                     None => {
-                        d.last_seen_ms = now_ms;
+                        d.last_seen_ms = d.last_seen_ms.max(clock);
                         d.reregistered = true;
                         Applied::Changed
                     }
@@ -274,10 +332,11 @@ impl TestState {
                 }
             }
             Message::Heartbeat(h) => {
+                self.clock_ms = self.clock_ms.max(h.sent_at_ms);
                 let Some(d) = self.driver_mut(&h.driver_id) else {
                     return Applied::Ignored;
                 };
-                d.last_seen_ms = d.last_seen_ms.max(now_ms);
+                d.last_seen_ms = d.last_seen_ms.max(h.sent_at_ms);
                 if h.activity == Activity::Running
                     && h.test_id.as_deref() == Some(test_id.as_str())
                     && d.phase == DriverPhase::Ready
@@ -286,14 +345,12 @@ impl TestState {
                 }
                 Applied::Changed
             }
-            Message::Metrics(report) if report.test_id == test_id => {
-                self.apply_report(report, now_ms)
-            }
+            Message::Metrics(report) if report.test_id == test_id => self.apply_report(report),
             _ => Applied::Ignored,
         }
     }
 
-    fn apply_report(&mut self, report: &MetricsReport, now_ms: u64) -> Applied {
+    fn apply_report(&mut self, report: &MetricsReport) -> Applied {
         let Some(index) = self.drivers.iter().position(|d| d.id == report.driver_id) else {
             return Applied::Ignored;
         };
@@ -309,9 +366,13 @@ impl TestState {
                 Err(err) => return Applied::Rejected(err.to_string()),
             }
         }
+        let clock = self.clock_ms;
         let d = &mut self.drivers[index];
         d.seqs.insert(report.seq);
-        d.last_seen_ms = d.last_seen_ms.max(now_ms);
+        d.last_seen_ms = d.last_seen_ms.max(clock);
+        if report.start_delay_us.is_some() {
+            d.start_delay_us = report.start_delay_us;
+        }
         d.elapsed_ms = d.elapsed_ms.max(report.elapsed_ms);
         if d.latest_seq.is_none_or(|s| report.seq > s) {
             d.latest_seq = Some(report.seq);
@@ -408,10 +469,14 @@ impl TestState {
                     .filter(|d| d.phase == DriverPhase::Waiting)
                     .map(|d| d.id.as_str())
                     .collect();
-                if waiting.is_empty() {
+                if self.drivers.is_empty() {
+                    // Waiting for the controller to find drivers; it fails the test when
+                    // none come.
+                } else if waiting.is_empty() {
                     let start_at_ms = now_ms + self.options.start_lead_ms;
                     self.start_at_ms = Some(start_at_ms);
                     self.status = TestStatus::Running;
+                    self.clock_ms = self.clock_ms.max(now_ms);
                     for d in &mut self.drivers {
                         d.last_seen_ms = d.last_seen_ms.max(now_ms);
                     }
@@ -429,9 +494,9 @@ impl TestState {
                 }
             }
             TestStatus::Running => {
-                let timeout = self.options.heartbeat_timeout_ms;
+                let (timeout, clock) = (self.options.heartbeat_timeout_ms, self.clock_ms);
                 for d in &mut self.drivers {
-                    if !d.phase.is_terminal() && now_ms > d.last_seen_ms + timeout {
+                    if !d.phase.is_terminal() && clock > d.last_seen_ms + timeout {
                         tracing::warn!(test_id = %self.id, driver = %d.id, "driver lost");
                         d.phase = DriverPhase::Lost;
                     }

@@ -64,6 +64,8 @@ pub struct DriverView {
     pub missing_reports: u64,
     /// From the start instant to its last completed request, ms.
     pub elapsed_ms: u64,
+    /// How long after the common start instant its first request went out, ms.
+    pub start_delay_ms: Option<f64>,
     /// Its own latency figures (the summary merges every driver's histogram).
     pub latency_ms: Latency,
     /// Its latest health report.
@@ -98,6 +100,8 @@ pub struct Summary {
     pub duration_s: f64,
     /// `requests / duration_s`.
     pub rps: f64,
+    /// Spread of the drivers' first requests around the common start instant, ms.
+    pub start_skew_ms: Option<f64>,
     /// Response times of every response, ms.
     pub latency_ms: Latency,
 }
@@ -166,6 +170,7 @@ impl TestState {
                 reports: d.seqs.len() as u64,
                 missing_reports: d.missing_reports(),
                 elapsed_ms: d.elapsed_ms,
+                start_delay_ms: d.start_delay_us.map(|us| us as f64 / 1000.0),
                 latency_ms: d.agg.latency(),
                 health: d.health.clone(),
                 saturated: d.peak_health.saturated,
@@ -222,6 +227,15 @@ impl TestState {
 
     fn summary(&self) -> Summary {
         let t = &self.total;
+        let delays: Vec<u64> = self
+            .drivers
+            .iter()
+            .filter_map(|d| d.start_delay_us)
+            .collect();
+        let start_skew_ms = match (delays.iter().min(), delays.iter().max()) {
+            (Some(lo), Some(hi)) if delays.len() > 1 => Some((hi - lo) as f64 / 1000.0),
+            _ => None,
+        };
         let elapsed_ms = self.drivers.iter().map(|d| d.elapsed_ms).max().unwrap_or(0);
         let duration_s = if t.requests > 0 {
             (elapsed_ms.max(1)) as f64 / 1000.0
@@ -255,6 +269,7 @@ impl TestState {
             } else {
                 0.0
             },
+            start_skew_ms,
             latency_ms: t.latency(),
         }
     }

@@ -81,6 +81,7 @@ fn report(
         },
         elapsed_ms: 1000 * (by_second.iter().map(|b| b.0).max().unwrap_or(0) as u64 + 1),
         stopped: false,
+        start_delay_us: Some(100 * seq),
         health: DriverHealth::default(),
     })
 }
@@ -95,14 +96,26 @@ fn ready(driver: &str) -> Message {
     })
 }
 
-fn heartbeat(driver: &str, seq: u64) -> Message {
+fn heartbeat(driver: &str, sent_at_ms: u64) -> Message {
     Message::Heartbeat(Heartbeat {
         driver_id: driver.into(),
-        seq,
-        sent_at_ms: 0,
+        seq: sent_at_ms / 1000,
+        sent_at_ms,
         activity: Activity::Running,
         test_id: Some("t".into()),
     })
+}
+
+/// Reads `m` off the bus at time `at` (the bus clock advances to it).
+fn feed(s: &mut TestState, m: &Message, at: u64) -> Applied {
+    s.observe_clock(at);
+    s.apply(m)
+}
+
+/// Polls at time `at`, the bus clock having reached it.
+fn tick(s: &mut TestState, at: u64) -> Vec<Message> {
+    s.observe_clock(at);
+    s.poll(at)
 }
 
 /// A running test with every driver ready and triggered at T0.
@@ -114,11 +127,11 @@ fn running(drivers: usize, requests: u64, thresholds: &[&str]) -> TestState {
         T0,
         TestOptions::default(),
     );
-    s.poll(T0);
+    tick(&mut s, T0);
     for d in ids(drivers) {
-        assert_eq!(s.apply(&ready(&d), T0), Applied::Changed);
+        assert_eq!(feed(&mut s, &ready(&d), T0), Applied::Changed);
     }
-    s.poll(T0);
+    tick(&mut s, T0);
     assert_eq!(s.status(), TestStatus::Running);
     s
 }
@@ -152,9 +165,9 @@ fn merged_percentiles_equal_one_histogram_of_all_samples() {
     let (messages, all) = workload(4);
     let mut s = running(4, 3000, &[]);
     for m in &messages {
-        assert_eq!(s.apply(m, T0 + 3000), Applied::Changed);
+        assert_eq!(feed(&mut s, m, T0 + 3000), Applied::Changed);
     }
-    s.poll(T0 + 3000);
+    tick(&mut s, T0 + 3000);
     let view = s.view();
     assert_eq!(view.status, TestStatus::Completed);
 
@@ -190,18 +203,18 @@ fn redelivery_and_reordering_change_nothing() {
     let (messages, _) = workload(3);
     let mut once = running(3, 3000, &[]);
     for m in &messages {
-        once.apply(m, T0 + 3000);
+        feed(&mut once, m, T0 + 3000);
     }
-    once.poll(T0 + 3000);
+    tick(&mut once, T0 + 3000);
 
     let mut twice = running(3, 3000, &[]);
     // Reverse order, each message delivered twice, with a heartbeat in between.
     for m in messages.iter().rev() {
-        twice.apply(m, T0 + 3000);
-        twice.apply(&heartbeat("d0", 9), T0 + 3000);
-        assert_eq!(twice.apply(m, T0 + 3000), Applied::Duplicate);
+        feed(&mut twice, m, T0 + 3000);
+        feed(&mut twice, &heartbeat("d0", T0 + 3000), T0 + 3000);
+        assert_eq!(feed(&mut twice, m, T0 + 3000), Applied::Duplicate);
     }
-    twice.poll(T0 + 3000);
+    tick(&mut twice, T0 + 3000);
     let (a, b) = (once.view(), twice.view());
     assert_eq!(a.summary, b.summary);
     assert_eq!(a.timeline, b.timeline);
@@ -213,7 +226,7 @@ fn redelivery_and_reordering_change_nothing() {
 #[test]
 fn lifecycle_configures_triggers_and_completes() {
     let mut s = TestState::new("t", spec(2, 10, &[]), ids(2), T0, TestOptions::default());
-    let out = s.poll(T0);
+    let out = tick(&mut s, T0);
     let configs: Vec<_> = out
         .iter()
         .filter_map(|m| match m {
@@ -223,9 +236,10 @@ fn lifecycle_configures_triggers_and_completes() {
         .collect();
     assert_eq!(configs, vec![("d0".into(), 0), ("d1".into(), 1)]);
     // Nothing again before the resend interval...
-    assert!(s.poll(T0 + 500).is_empty());
+    assert!(tick(&mut s, T0 + 500).is_empty());
     // ...but at once for a driver that (re)registers.
-    s.apply(
+    feed(
+        &mut s,
         &Message::Register(Register {
             driver_id: "d1".into(),
             host: "h".into(),
@@ -235,24 +249,32 @@ fn lifecycle_configures_triggers_and_completes() {
         }),
         T0 + 600,
     );
-    assert_eq!(s.poll(T0 + 600).len(), 1);
-    s.apply(&ready("d0"), T0 + 700);
+    assert_eq!(tick(&mut s, T0 + 600).len(), 1);
+    feed(&mut s, &ready("d0"), T0 + 700);
     assert!(
-        s.poll(T0 + 700).is_empty(),
+        tick(&mut s, T0 + 700).is_empty(),
         "no trigger before every driver is ready"
     );
-    s.apply(&ready("d1"), T0 + 800);
-    let out = s.poll(T0 + 800);
+    feed(&mut s, &ready("d1"), T0 + 800);
+    let out = tick(&mut s, T0 + 800);
     assert!(matches!(
         &out[..],
         [Message::Trigger(t)] if t.action == TriggerAction::Start { start_at_ms: T0 + 800 + 1000 }
     ));
     assert_eq!(s.status(), TestStatus::Running);
-    s.apply(&report("d0", 0, true, &[(0, vec![100; 10])], 10), T0 + 2000);
-    s.poll(T0 + 2000);
+    feed(
+        &mut s,
+        &report("d0", 0, true, &[(0, vec![100; 10])], 10),
+        T0 + 2000,
+    );
+    tick(&mut s, T0 + 2000);
     assert_eq!(s.status(), TestStatus::Running);
-    s.apply(&report("d1", 0, true, &[(0, vec![100; 10])], 10), T0 + 2100);
-    s.poll(T0 + 2100);
+    feed(
+        &mut s,
+        &report("d1", 0, true, &[(0, vec![100; 10])], 10),
+        T0 + 2100,
+    );
+    tick(&mut s, T0 + 2100);
     let view = s.view();
     assert_eq!(view.status, TestStatus::Completed);
     assert!(view.verdict.unwrap().passed);
@@ -266,22 +288,25 @@ fn lifecycle_configures_triggers_and_completes() {
 #[test]
 fn a_silent_driver_is_lost_and_its_missing_work_named() {
     let mut s = running(2, 100, &[]);
-    s.apply(
+    feed(
+        &mut s,
         &report("d0", 0, false, &[(0, vec![500; 40])], 40),
         T0 + 1000,
     );
-    s.apply(
+    feed(
+        &mut s,
         &report("d1", 0, false, &[(0, vec![500; 40])], 40),
         T0 + 1000,
     );
-    s.apply(
+    feed(
+        &mut s,
         &report("d1", 1, true, &[(1, vec![500; 60])], 100),
         T0 + 2000,
     );
-    s.apply(&heartbeat("d0", 1), T0 + 1500);
-    s.poll(T0 + 4000);
+    feed(&mut s, &heartbeat("d0", T0 + 1500), T0 + 1500);
+    tick(&mut s, T0 + 4000);
     assert_eq!(s.status(), TestStatus::Running, "3 s have not passed yet");
-    s.poll(T0 + 4501);
+    tick(&mut s, T0 + 4501);
     let view = s.view();
     assert_eq!(view.status, TestStatus::Completed);
     let d0 = &view.drivers[0];
@@ -298,11 +323,11 @@ fn a_silent_driver_is_lost_and_its_missing_work_named() {
 #[test]
 fn drivers_that_never_get_ready_fail_the_test_with_their_names() {
     let mut s = TestState::new("t", spec(2, 1, &[]), ids(2), T0, TestOptions::default());
-    s.poll(T0);
-    s.apply(&ready("d0"), T0 + 10);
-    s.poll(T0 + 29_999);
+    tick(&mut s, T0);
+    feed(&mut s, &ready("d0"), T0 + 10);
+    tick(&mut s, T0 + 29_999);
     assert_eq!(s.status(), TestStatus::Pending);
-    let out = s.poll(T0 + 30_000);
+    let out = tick(&mut s, T0 + 30_000);
     assert!(matches!(&out[..], [Message::Trigger(t)] if t.action == TriggerAction::Stop));
     let view = s.view();
     assert_eq!(view.status, TestStatus::Failed);
@@ -312,7 +337,8 @@ fn drivers_that_never_get_ready_fail_the_test_with_their_names() {
 #[test]
 fn stop_ends_the_test_as_stopped_with_partial_counts() {
     let mut s = running(1, 1000, &[]);
-    s.apply(
+    feed(
+        &mut s,
         &report("d0", 0, false, &[(0, vec![100; 10])], 10),
         T0 + 1000,
     );
@@ -322,8 +348,8 @@ fn stop_ends_the_test_as_stopped_with_partial_counts() {
     if let Message::Metrics(m) = &mut last {
         m.stopped = true;
     }
-    s.apply(&last, T0 + 1200);
-    s.poll(T0 + 1200);
+    feed(&mut s, &last, T0 + 1200);
+    tick(&mut s, T0 + 1200);
     let view = s.view();
     assert_eq!(view.status, TestStatus::Stopped);
     assert_eq!(view.drivers[0].state, DriverPhase::Stopped);
@@ -351,8 +377,8 @@ fn thresholds_give_the_verdict() {
             r.buckets[0].errors += 5;
             r.buckets[0].error_kinds.insert(ErrorKind::Timeout, 5);
         }
-        s.apply(&m, T0 + 1000);
-        s.poll(T0 + 1000);
+        feed(&mut s, &m, T0 + 1000);
+        tick(&mut s, T0 + 1000);
         s.view().verdict.unwrap()
     };
     let v = run(&[
@@ -377,20 +403,20 @@ fn bad_and_foreign_reports_change_nothing() {
     if let Message::Metrics(m) = &mut bad {
         m.buckets[0].histogram = "%%%".into();
     }
-    assert!(matches!(s.apply(&bad, T0), Applied::Rejected(_)));
+    assert!(matches!(feed(&mut s, &bad, T0), Applied::Rejected(_)));
     let mut foreign = report("d0", 0, false, &[(0, vec![100; 3])], 3);
     if let Message::Metrics(m) = &mut foreign {
         m.test_id = "other".into();
     }
-    assert_eq!(s.apply(&foreign, T0), Applied::Ignored);
+    assert_eq!(feed(&mut s, &foreign, T0), Applied::Ignored);
     assert_eq!(
-        s.apply(&report("zz", 0, false, &[], 0), T0),
+        feed(&mut s, &report("zz", 0, false, &[], 0), T0),
         Applied::Ignored
     );
     assert_eq!(s.view().summary.requests, 0);
     // The rejected sequence number is still free for the good report.
     assert_eq!(
-        s.apply(&report("d0", 0, false, &[(0, vec![100; 3])], 3), T0),
+        feed(&mut s, &report("d0", 0, false, &[(0, vec![100; 3])], 3), T0),
         Applied::Changed
     );
     assert_eq!(s.view().summary.requests, 3);
@@ -402,4 +428,63 @@ fn reports_survive_the_wire_encoding() {
     for m in messages {
         assert_eq!(Message::decode(&m.encode()).unwrap(), m);
     }
+}
+
+#[test]
+fn a_stalled_bus_makes_nobody_lost() {
+    let mut s = running(2, 100, &[]);
+    feed(&mut s, &heartbeat("d0", T0 + 1000), T0 + 1000);
+    feed(&mut s, &heartbeat("d1", T0 + 1000), T0 + 1000);
+    // Ten seconds of wall time pass with nothing read off the bus (a broker outage).
+    s.poll(T0 + 11_000);
+    assert_eq!(s.status(), TestStatus::Running);
+    assert!(
+        s.view()
+            .drivers
+            .iter()
+            .all(|d| d.state != DriverPhase::Lost)
+    );
+    // The backlog arrives in send order: both drivers were alive all along.
+    for at in (2..=12).map(|k| T0 + k * 1000) {
+        feed(&mut s, &heartbeat("d0", at), T0 + 12_000);
+        feed(&mut s, &heartbeat("d1", at), T0 + 12_000);
+    }
+    tick(&mut s, T0 + 12_000);
+    assert!(
+        s.view()
+            .drivers
+            .iter()
+            .all(|d| d.state != DriverPhase::Lost)
+    );
+    // Now the bus moves on (the other driver's heartbeats) and d0 stays silent.
+    feed(&mut s, &heartbeat("d1", T0 + 15_001), T0 + 15_001);
+    s.poll(T0 + 15_001);
+    assert_eq!(s.view().drivers[0].state, DriverPhase::Lost);
+}
+
+#[test]
+fn a_snapshot_restores_the_state_exactly() {
+    let (messages, _) = workload(2);
+    let mut s = running(2, 3000, &["p99 < 1s"]);
+    for m in &messages[..4] {
+        feed(&mut s, m, T0 + 2000);
+    }
+    let json = serde_json::to_string(&s).unwrap();
+    let mut restored: TestState = serde_json::from_str(&json).unwrap();
+    assert_eq!(restored.view(), s.view());
+    // Re-delivered reports after a restart are recognised as duplicates.
+    assert_eq!(
+        feed(&mut restored, &messages[0], T0 + 2000),
+        Applied::Duplicate
+    );
+    for m in &messages[4..] {
+        feed(&mut restored, m, T0 + 3000);
+        feed(&mut s, m, T0 + 3000);
+    }
+    tick(&mut restored, T0 + 3000);
+    tick(&mut s, T0 + 3000);
+    assert_eq!(restored.view().summary, s.view().summary);
+    assert_eq!(restored.status(), TestStatus::Completed);
+    // Start skew: the drivers' final reports said 200 µs after the start instant.
+    assert_eq!(s.view().summary.start_skew_ms, Some(0.0));
 }

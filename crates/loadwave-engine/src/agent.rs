@@ -271,6 +271,7 @@ async fn execute(
         seq: 0,
         totals: DriverTotals::default(),
         elapsed_us: 0,
+        start_delay_us: None,
         shutdown: shutdown.clone(),
     };
     let plan = match Plan::from_spec(&cfg.spec).await {
@@ -290,6 +291,7 @@ async fn execute(
         tokio::select! {
             _ = ticker.tick() => {
                 let drained = run.drain();
+                reporter.start_delay_us = run.start_delay_us();
                 reporter.report(drained, false, false).await;
             }
             outcome = run.finished() => break outcome,
@@ -300,6 +302,7 @@ async fn execute(
         }
     };
     let drained = run.drain();
+    reporter.start_delay_us = run.start_delay_us();
     reporter.report(drained, true, outcome.stopped).await;
     if reporter.totals.requests != outcome.sent {
         tracing::error!(
@@ -318,6 +321,7 @@ struct Reporter {
     seq: u64,
     totals: DriverTotals,
     elapsed_us: u64,
+    start_delay_us: Option<u64>,
     shutdown: CancellationToken,
 }
 
@@ -337,6 +341,7 @@ impl Reporter {
             totals: self.totals.clone(),
             elapsed_ms: self.elapsed_us.div_ceil(1000),
             stopped,
+            start_delay_us: self.start_delay_us,
             health: self.health.sample(),
         });
         self.seq += 1;

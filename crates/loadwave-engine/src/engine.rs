@@ -102,6 +102,7 @@ pub struct RunOutcome {
 /// A run in progress.
 pub struct RunHandle {
     pending: Arc<Pending>,
+    first_send_us: Arc<AtomicU64>,
     done: JoinHandle<RunOutcome>,
     stop: CancellationToken,
 }
@@ -110,6 +111,14 @@ impl RunHandle {
     /// Takes the statistics recorded since the last call.
     pub fn drain(&self) -> Vec<Bucket> {
         self.pending.drain()
+    }
+
+    /// How long after the start instant the first request went out, once one did.
+    pub fn start_delay_us(&self) -> Option<u64> {
+        match self.first_send_us.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            us => Some(us),
+        }
     }
 
     /// Stops sending new requests.
@@ -137,6 +146,7 @@ pub fn start(plan: Plan, start: Instant, stop: CancellationToken) -> RunHandle {
     let pending = Arc::new(Pending::default());
     let next = Arc::new(AtomicU64::new(0));
     let sent = Arc::new(AtomicU64::new(0));
+    let first_send_us = Arc::new(AtomicU64::new(u64::MAX));
     let workers = u64::from(plan.concurrency).min(plan.requests);
     let mut set = JoinSet::new();
     for _ in 0..workers {
@@ -146,6 +156,7 @@ pub fn start(plan: Plan, start: Instant, stop: CancellationToken) -> RunHandle {
             next.clone(),
             sent.clone(),
             pending.clone(),
+            first_send_us.clone(),
             stop.clone(),
         ));
     }
@@ -164,6 +175,7 @@ pub fn start(plan: Plan, start: Instant, stop: CancellationToken) -> RunHandle {
     });
     RunHandle {
         pending,
+        first_send_us,
         done,
         stop,
     }
@@ -175,6 +187,7 @@ async fn worker(
     next: Arc<AtomicU64>,
     sent: Arc<AtomicU64>,
     pending: Arc<Pending>,
+    first_send_us: Arc<AtomicU64>,
     stop: CancellationToken,
 ) {
     let target = &*plan.target;
@@ -194,6 +207,7 @@ async fn worker(
     // When this worker's connection last became free: a request due before that had to
     // wait for it. Timer jitter on waking up is not lateness of this kind.
     let mut free_since = start;
+    let mut first = true;
     loop {
         if stop.is_cancelled() {
             break;
@@ -216,6 +230,11 @@ async fn worker(
                 (due, free_since.saturating_duration_since(due) > LATE_AFTER)
             }
         };
+        if first {
+            first = false;
+            let us = Instant::now().saturating_duration_since(start).as_micros() as u64;
+            first_send_us.fetch_min(us, Ordering::Relaxed);
+        }
         let outcome = conn.send(target).await;
         sent.fetch_add(1, Ordering::Relaxed);
         let end = Instant::now();

@@ -98,6 +98,20 @@ pub struct Heartbeat {
     pub test_id: Option<String>,
 }
 
+/// The orchestrator's own mark on the `heartbeat` topic, once a second.
+///
+/// The heartbeat topic has one partition, so every heartbeat sent before a tick is read
+/// before it. Reading a tick sent at `T` therefore proves the bus delivered everything up
+/// to `T`: a driver whose last heartbeat is more than 3 s older than that is lost, while
+/// a broker outage (no ticks either) makes nobody lost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tick {
+    /// The orchestrator instance.
+    pub orchestrator_id: String,
+    /// Wall clock at sending, ms since the epoch.
+    pub sent_at_ms: u64,
+}
+
 /// The orchestrator assigning a test to one driver.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TestConfig {
@@ -268,6 +282,10 @@ pub struct MetricsReport {
     /// Set on a final report when the driver was stopped before sending everything.
     #[serde(default)]
     pub stopped: bool,
+    /// How long after the common start instant the driver's first request went out, µs
+    /// (by the driver's clock); the spread across drivers is the test's start skew.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_delay_us: Option<u64>,
     /// Health over the last second.
     pub health: DriverHealth,
 }
@@ -286,6 +304,8 @@ pub enum Message {
     Trigger(Trigger),
     /// On `metrics`.
     Metrics(MetricsReport),
+    /// On `heartbeat`, from the orchestrator.
+    Tick(Tick),
 }
 
 impl Message {
@@ -297,6 +317,7 @@ impl Message {
             Message::TestConfig(_) => Topic::TestConfig,
             Message::Trigger(_) => Topic::Trigger,
             Message::Metrics(_) => Topic::Metrics,
+            Message::Tick(_) => Topic::Heartbeat,
         }
     }
 
@@ -308,6 +329,7 @@ impl Message {
             Message::TestConfig(c) => &c.test_id,
             Message::Trigger(t) => &t.test_id,
             Message::Metrics(m) => &m.test_id,
+            Message::Tick(t) => &t.orchestrator_id,
         }
     }
 

@@ -1,0 +1,276 @@
+//! The Kafka transport of loadwave: [`KafkaBus`] implements [`loadwave_bus::Bus`] over
+//! rdkafka (librdkafka).
+//!
+//! - Topics are the original's five (`register`, `test_config`, `trigger`, `metrics`,
+//!   `heartbeat`) behind an optional prefix, created at start-up when missing. The
+//!   `heartbeat` topic always has one partition: heartbeats of every driver then keep one
+//!   total order, which the orchestrator's lost-driver detection relies on after a broker
+//!   outage.
+//! - The producer is idempotent with `acks=all` and keeps messages for up to five minutes
+//!   while the broker is away (`message.timeout.ms`), so an outage delays reports instead
+//!   of losing them. `publish` returns once the broker acknowledged the message.
+//! - Each subscription is a consumer group of its own; offsets are stored only when the
+//!   consumer acks a delivery (commit after processing, at-least-once).
+//!
+//! Raw librdkafka options in [`KafkaConfig::options`] are applied last, for anything the
+//! defaults do not cover (TLS and SASL for MSK, for instance).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use loadwave_bus::{Bus, BusError, Delivery, Subscription};
+use loadwave_proto::Topic;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::Message as _;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+
+/// How to reach Kafka.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port…]`.
+    pub brokers: String,
+    /// Prepended to every topic name (and consumer group), so several stacks or tests can
+    /// share a broker.
+    pub topic_prefix: String,
+    /// Partitions of the topics this bus creates (`heartbeat` always gets one).
+    pub partitions: i32,
+    /// Replication factor of the topics this bus creates.
+    pub replication: i32,
+    /// Where a new consumer group starts: `earliest` (the orchestrator: nothing published
+    /// before it subscribed is missed) or `latest` (drivers: old tests are not replayed).
+    pub auto_offset_reset: String,
+    /// Raw librdkafka options, applied last to every client.
+    pub options: BTreeMap<String, String>,
+}
+
+impl KafkaConfig {
+    /// Defaults for a local single-node broker.
+    pub fn new(brokers: impl Into<String>, topic_prefix: impl Into<String>) -> Self {
+        KafkaConfig {
+            brokers: brokers.into(),
+            topic_prefix: topic_prefix.into(),
+            partitions: 1,
+            replication: 1,
+            auto_offset_reset: "earliest".to_string(),
+            options: BTreeMap::new(),
+        }
+    }
+
+    /// The full name of `topic`.
+    pub fn topic_name(&self, topic: Topic) -> String {
+        format!("{}{}", self.topic_prefix, topic.name())
+    }
+
+    fn client(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        // Local brokers come and go in tests; don't spam the log at every reconnect.
+        c.set("log.connection.close", "false");
+        c
+    }
+
+    fn apply_options(&self, c: &mut ClientConfig) {
+        for (k, v) in &self.options {
+            c.set(k, v);
+        }
+    }
+}
+
+/// A Kafka client that failed to start.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    /// librdkafka refused the configuration or could not create a client.
+    #[error("kafka client: {0}")]
+    Client(#[from] rdkafka::error::KafkaError),
+    /// A topic could not be created.
+    #[error("creating topic {topic}: {reason}")]
+    CreateTopic {
+        /// The topic.
+        topic: String,
+        /// What the broker said.
+        reason: String,
+    },
+}
+
+/// The bus over Kafka. Build it once per process and share it.
+pub struct KafkaBus {
+    config: KafkaConfig,
+    producer: FutureProducer,
+}
+
+/// Five minutes of buffering while the broker is away.
+const MESSAGE_TIMEOUT_MS: &str = "300000";
+
+impl KafkaBus {
+    /// Creates the producer and the topics.
+    pub async fn connect(config: KafkaConfig) -> Result<KafkaBus, KafkaError> {
+        let mut c = config.client();
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set("message.timeout.ms", MESSAGE_TIMEOUT_MS);
+        config.apply_options(&mut c);
+        let producer: FutureProducer = c.create()?;
+        let bus = KafkaBus { config, producer };
+        bus.ensure_topics().await?;
+        Ok(bus)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &KafkaConfig {
+        &self.config
+    }
+
+    /// Creates the five topics if missing.
+    pub async fn ensure_topics(&self) -> Result<(), KafkaError> {
+        let mut c = self.config.client();
+        self.config.apply_options(&mut c);
+        let admin: AdminClient<DefaultClientContext> = c.create()?;
+        let names: Vec<(String, i32)> = Topic::ALL
+            .iter()
+            .map(|t| {
+                let partitions = if *t == Topic::Heartbeat {
+                    1
+                } else {
+                    self.config.partitions
+                };
+                (self.config.topic_name(*t), partitions)
+            })
+            .collect();
+        let topics: Vec<NewTopic> = names
+            .iter()
+            .map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(self.config.replication)))
+            .collect();
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = admin.create_topics(&topics, &opts).await?;
+        for result in results {
+            match result {
+                Ok(_) => {}
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(KafkaError::CreateTopic {
+                        topic,
+                        reason: code.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the broker answers a metadata request within `timeout`.
+    pub fn reachable(&self, timeout: Duration) -> bool {
+        self.producer
+            .client()
+            .fetch_metadata(Some(&self.config.topic_name(Topic::Heartbeat)), timeout)
+            .is_ok()
+    }
+}
+
+#[async_trait]
+impl Bus for KafkaBus {
+    async fn publish_raw(&self, topic: Topic, key: &str, payload: Vec<u8>) -> Result<(), BusError> {
+        let name = self.config.topic_name(topic);
+        let record = FutureRecord::to(&name).key(key).payload(&payload);
+        self.producer
+            .send(record, Duration::from_secs(5))
+            .await
+            .map(|_| ())
+            .map_err(|(err, _)| BusError::Publish {
+                topic: name.clone(),
+                reason: err.to_string(),
+            })
+    }
+
+    async fn subscribe(&self, topics: &[Topic], name: &str) -> Result<Subscription, BusError> {
+        let mut c = self.config.client();
+        c.set("group.id", format!("{}{name}", self.config.topic_prefix))
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "500")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", &self.config.auto_offset_reset)
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000");
+        self.config.apply_options(&mut c);
+        let consumer: StreamConsumer =
+            c.create().map_err(|e| BusError::Subscribe(e.to_string()))?;
+        let names: Vec<String> = topics.iter().map(|t| self.config.topic_name(*t)).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&refs)
+            .map_err(|e| BusError::Subscribe(e.to_string()))?;
+        let consumer = Arc::new(consumer);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let prefix_map: Vec<(String, Topic)> = topics
+            .iter()
+            .map(|t| (self.config.topic_name(*t), *t))
+            .collect();
+        tokio::spawn(pump(consumer, prefix_map, tx));
+        Ok(Subscription::new(rx))
+    }
+}
+
+/// Moves messages from the consumer into the subscription's channel until the
+/// subscription is dropped.
+async fn pump(
+    consumer: Arc<StreamConsumer>,
+    topics: Vec<(String, Topic)>,
+    tx: mpsc::UnboundedSender<Delivery>,
+) {
+    loop {
+        let received = tokio::select! {
+            _ = tx.closed() => return,
+            m = consumer.recv() => m,
+        };
+        let message = match received {
+            Ok(m) => m,
+            Err(err) => {
+                tracing::warn!(%err, "kafka consumer error");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let Some(topic) = topics
+            .iter()
+            .find(|(n, _)| n == message.topic())
+            .map(|(_, t)| *t)
+        else {
+            continue;
+        };
+        let (name, partition, offset) = (
+            message.topic().to_string(),
+            message.partition(),
+            message.offset(),
+        );
+        let key = message
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned());
+        let payload = message.payload().map(<[u8]>::to_vec).unwrap_or_default();
+        let c = consumer.clone();
+        let ack = Box::new(move || {
+            let mut tpl = TopicPartitionList::new();
+            // The committed offset is the next one to read.
+            if tpl
+                .add_partition_offset(&name, partition, Offset::Offset(offset + 1))
+                .is_ok()
+                && let Err(err) = c.store_offsets(&tpl)
+            {
+                tracing::debug!(%err, "offset not stored (partition revoked?)");
+            }
+        });
+        if tx
+            .send(Delivery::new(topic, key, payload, Some(ack)))
+            .is_err()
+        {
+            return;
+        }
+    }
+}

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# A single-node Apache Kafka broker in KRaft mode, for local runs and tests.
+#
+#   scripts/kafka.sh up     fetch the jars (Maven Central, once), format, start, wait
+#   scripts/kafka.sh down   stop it
+#
+# Environment: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (KAFKA_PORT + 1),
+# KAFKA_VERSION (from scripts/kafka/pom.xml), KAFKA_HEAP (512m).
+# The jars are cached in ~/.cache/loadwave/kafka-VERSION/libs, outside the repository;
+# the broker's data lives in .local/kafka-PORT and is wiped at every start.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+
+KAFKA_PORT=${KAFKA_PORT:-9092}
+KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}
+KAFKA_VERSION=${KAFKA_VERSION:-$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$ROOT/scripts/kafka/pom.xml")}
+KAFKA_HEAP=${KAFKA_HEAP:-512m}
+LIBS="$HOME/.cache/loadwave/kafka-$KAFKA_VERSION/libs"
+DATA="$STATE_DIR/kafka-$KAFKA_PORT"
+NAME="kafka-$KAFKA_PORT"
+
+fetch() {
+  if [[ -f "$LIBS/.complete" ]]; then return; fi
+  command -v mvn >/dev/null || die "mvn is needed to fetch the Kafka jars (apt-get install maven)"
+  command -v java >/dev/null || die "Java 17 is needed to run Kafka"
+  log "fetching Apache Kafka $KAFKA_VERSION jars from Maven Central into $LIBS"
+  rm -rf "$LIBS"
+  mvn -q -B -f "$ROOT/scripts/kafka/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
+    dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$LIBS"
+  touch "$LIBS/.complete"
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+up() {
+  fetch
+  stop_bg "$NAME"
+  if port_open "$KAFKA_PORT"; then
+    die "port $KAFKA_PORT is taken by something else; set KAFKA_PORT"
+  fi
+  rm -rf "$DATA"
+  mkdir -p "$DATA"
+  cat >"$DATA/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$DATA/logs
+# Tuned for tests: topics are created by loadwave itself, one partition, no waiting for
+# more consumers to join a group before the first assignment.
+auto.create.topics.enable=false
+num.partitions=1
+group.initial.rebalance.delay.ms=0
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+PROPS
+  local java_cmd=(java "-Xms128m" "-Xmx$KAFKA_HEAP" -XX:+UseG1GC
+    "-Dlog4j2.configurationFile=$ROOT/scripts/kafka/log4j2.properties" -cp "$LIBS/*")
+  local cluster_id
+  cluster_id=$("${java_cmd[@]}" kafka.tools.StorageTool random-uuid | tail -n 1)
+  "${java_cmd[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$DATA/server.properties" >"$DATA/format.log" 2>&1 \
+    || { cat "$DATA/format.log" >&2; die "formatting the Kafka log directory failed"; }
+  log "starting Apache Kafka $KAFKA_VERSION (KRaft) on 127.0.0.1:$KAFKA_PORT"
+  start_bg "$NAME" "${java_cmd[@]}" kafka.Kafka "$DATA/server.properties"
+  local pid
+  pid=$(cat "$STATE_DIR/$NAME.pid")
+  for _ in $(seq 600); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      tail -n 30 "$STATE_DIR/$NAME.log" >&2
+      die "Kafka exited during start-up"
+    fi
+    if grep -q "Kafka Server started" "$STATE_DIR/$NAME.log" && port_open "$KAFKA_PORT"; then
+      log "Kafka is up on 127.0.0.1:$KAFKA_PORT"
+      return 0
+    fi
+    sleep 0.1
+  done
+  die "Kafka did not start within 60 s; see $STATE_DIR/$NAME.log"
+}
+
+down() {
+  stop_bg "$NAME"
+}
+
+case "${1:-up}" in
+  up) up ;;
+  down) down ;;
+  *) die "usage: $0 up|down" ;;
+esac
