@@ -86,6 +86,7 @@ impl Aggregate {
 
 /// Response-time figures, milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Latency {
     /// Fastest.
     pub min: f64,

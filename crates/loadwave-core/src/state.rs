@@ -48,6 +48,7 @@ impl Default for TestOptions {
 
 /// Where a test is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TestStatus {
     /// Waiting for its drivers.
@@ -85,6 +86,7 @@ impl TestStatus {
 
 /// Where one driver is in the test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum DriverPhase {
     /// Assigned; its confirmation of the configuration has not arrived.

@@ -14,6 +14,7 @@ use crate::state::{DriverPhase, TestState, TestStatus};
 
 /// A test as users see it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TestView {
     /// The test id.
     pub id: String,
@@ -45,6 +46,7 @@ pub struct TestView {
 
 /// One driver's part.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DriverView {
     /// Driver id.
     pub id: String,
@@ -78,6 +80,7 @@ pub struct DriverView {
 
 /// The merged result of every driver.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Summary {
     /// Requests completed, each counted once.
     pub requests: u64,
@@ -108,6 +111,7 @@ pub struct Summary {
 
 /// One second of the test, all drivers merged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TimelinePoint {
     /// Seconds since the start instant.
     pub second: u32,
@@ -127,6 +131,7 @@ pub struct TimelinePoint {
 
 /// The outcome of the thresholds and of the test's completeness.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Verdict {
     /// True when the test completed, no work was lost and every threshold held.
     pub passed: bool,
@@ -138,6 +143,7 @@ pub struct Verdict {
 
 /// One threshold, evaluated.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Check {
     /// As written.
     pub threshold: String,

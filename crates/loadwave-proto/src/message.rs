@@ -238,6 +238,7 @@ fn status_codes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<u16, 
 
 /// A driver's view of its own health during the last second.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DriverHealth {
     /// Process CPU use, percent of one core.
     pub cpu_percent: f64,

@@ -20,6 +20,7 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 
 /// How requests are paced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum TestType {
     /// Closed model: `concurrency` requests in flight per driver, each sent as soon as the
@@ -63,6 +64,7 @@ impl std::str::FromStr for TestType {
 
 /// A load test as submitted to `POST /tests` or `loadwave run`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TestSpec {
     /// A free-form label shown in reports.
@@ -98,6 +100,7 @@ pub struct TestSpec {
     pub body: Option<String>,
     /// Pass/fail criteria evaluated on the merged result.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>, example = json!(["p99 < 200ms", "error_rate < 1%"])))]
     pub thresholds: Vec<Threshold>,
 }
 

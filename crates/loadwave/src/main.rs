@@ -5,11 +5,15 @@
 //! system. Exit code 0 when the test passed, 1 when thresholds failed (or work was
 //! lost), 2 on bad input or error.
 //!
+//! `loadwave start --orchestrator URL ... --wait` submits the same spec to an orchestrator
+//! and follows it; `status`, `list`, `stop` and `report` read and steer it.
+//!
 //! ```text
 //! loadwave run --target-url http://127.0.0.1:8080/ping --test-type avalanche \
 //!     --drivers 2 --requests-per-driver 10000 --concurrency 16 --threshold 'p99 < 50ms'
 //! ```
 
+mod remote;
 mod render;
 mod run;
 mod spec_args;
@@ -28,12 +32,24 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    remote: remote::Remote,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a test in this process: the orchestrator core and N drivers over an in-memory bus.
     Run(run::RunArgs),
+    /// Submit a test to an orchestrator; with --wait, follow it to its verdict.
+    Start(remote::StartArgs),
+    /// Show a test of an orchestrator.
+    Status(remote::StatusArgs),
+    /// List an orchestrator's tests, newest first.
+    List(remote::ListArgs),
+    /// Stop a running test.
+    Stop(remote::StopArgs),
+    /// Save a test's HTML report.
+    Report(remote::ReportArgs),
 }
 
 /// The exit codes of the contract.
@@ -56,6 +72,11 @@ fn main() -> ExitCode {
         .init();
     let code = match cli.command {
         Command::Run(args) => run::main(args),
+        Command::Start(args) => remote::start(&cli.remote, args),
+        Command::Status(args) => remote::status(&cli.remote, args),
+        Command::List(args) => remote::list(&cli.remote, args),
+        Command::Stop(args) => remote::stop(&cli.remote, args),
+        Command::Report(args) => remote::report(&cli.remote, args),
     };
     ExitCode::from(code)
 }

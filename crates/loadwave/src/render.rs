@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use loadwave_core::{DriverPhase, TestStatus, TestView};
 
 /// `12345` → `12,345`.
-fn thousands(n: u64) -> String {
+pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {

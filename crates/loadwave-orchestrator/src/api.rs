@@ -1,0 +1,301 @@
+//! The REST API, built by [`app`] so the same router runs under `axum::serve` and, later,
+//! inside Lambda.
+//!
+//! Bad input answers 4xx with `{"error": {"status", "field", "message"}}` naming the
+//! field; unknown tests answer 404. Internal failures answer an opaque 500 and are logged.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use loadwave_core::TestView;
+use loadwave_proto::TestSpec;
+use loadwave_proto::spec::MAX_BODY_BYTES;
+use serde::Serialize;
+use utoipa::OpenApi;
+
+use crate::controller::{BusStats, DriverInfo, Orchestrator, StopError, TestListItem};
+use crate::report;
+
+/// The largest request body: a spec with the largest allowed request body, plus room.
+pub const MAX_REQUEST_BYTES: usize = MAX_BODY_BYTES + 64 * 1024;
+
+/// An error answered to the client.
+#[derive(Debug)]
+pub enum AppError {
+    /// Bad input: 400 (not JSON), 413 (too large) or 422 (invalid field).
+    Invalid {
+        /// The status.
+        status: StatusCode,
+        /// The field at fault.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// No such resource.
+    NotFound(String),
+    /// The request conflicts with the resource's state.
+    Conflict(String),
+    /// Our fault; the detail is logged, not shown.
+    Internal(String),
+}
+
+/// The error document.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// The error itself.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// The HTTP status.
+    pub status: u16,
+    /// The offending field, for bad input.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// A sentence for people.
+    pub message: String,
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let (status, field, message) = match self {
+            AppError::Invalid {
+                status,
+                field,
+                message,
+            } => (status, Some(field), message),
+            AppError::NotFound(m) => (StatusCode::NOT_FOUND, None, m),
+            AppError::Conflict(m) => (StatusCode::CONFLICT, None, m),
+            AppError::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    None,
+                    "internal error; see the orchestrator's log".to_string(),
+                )
+            }
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                status: status.as_u16(),
+                field,
+                message,
+            },
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+/// A test spec from a JSON body, with the API's own error format.
+pub struct SpecJson(pub TestSpec);
+
+impl<S: Send + Sync> FromRequest<S> for SpecJson {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
+        let bytes =
+            Bytes::from_request(req, state)
+                .await
+                .map_err(|rejection: BytesRejection| {
+                    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                        AppError::Invalid {
+                            status: StatusCode::PAYLOAD_TOO_LARGE,
+                            field: "body".into(),
+                            message: format!("the request body exceeds {MAX_REQUEST_BYTES} bytes"),
+                        }
+                    } else {
+                        AppError::Invalid {
+                            status: StatusCode::BAD_REQUEST,
+                            field: "body".into(),
+                            message: rejection.body_text(),
+                        }
+                    }
+                })?;
+        TestSpec::from_json(&bytes).map(SpecJson).map_err(|err| {
+            let status = if err.field == "body" {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::UNPROCESSABLE_ENTITY
+            };
+            AppError::Invalid {
+                status,
+                field: err.field,
+                message: err.message,
+            }
+        })
+    }
+}
+
+/// Shared state of the handlers.
+pub type AppState = Arc<Orchestrator>;
+
+/// The router.
+pub fn app(orchestrator: AppState) -> Router {
+    Router::new()
+        .route("/tests", get(list_tests).post(create_test))
+        .route("/tests/{id}", get(get_test))
+        .route("/tests/{id}/stop", post(stop_test))
+        .route("/tests/{id}/report", get(test_report))
+        .route("/drivers", get(list_drivers))
+        .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .with_state(orchestrator)
+}
+
+/// Start a test.
+#[utoipa::path(post, path = "/tests", request_body = TestSpec,
+    responses(
+        (status = 201, description = "Created; the test's initial state", body = TestView),
+        (status = 400, description = "Not JSON", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "A field is missing or invalid", body = ErrorBody),
+    ))]
+async fn create_test(
+    State(orch): State<AppState>,
+    SpecJson(spec): SpecJson,
+) -> Result<(StatusCode, Json<TestView>), AppError> {
+    let view = orch
+        .create(spec)
+        .await
+        .map_err(|e| AppError::Internal(e.to_string()))?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// Every test, newest first.
+#[utoipa::path(get, path = "/tests", responses((status = 200, body = Vec<TestListItem>)))]
+async fn list_tests(State(orch): State<AppState>) -> Json<Vec<TestListItem>> {
+    Json(orch.list())
+}
+
+fn unknown(id: &str) -> AppError {
+    AppError::NotFound(format!("no test with id `{id}`"))
+}
+
+/// A test's state: status, drivers, summary, timeline, verdict.
+#[utoipa::path(get, path = "/tests/{id}",
+    params(("id" = String, Path, description = "Test id")),
+    responses((status = 200, body = TestView), (status = 404, body = ErrorBody)))]
+async fn get_test(
+    State(orch): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<TestView>, AppError> {
+    orch.view(&id).map(Json).ok_or_else(|| unknown(&id))
+}
+
+/// Stop a test: drivers stop sending, finish what is in flight and report.
+#[utoipa::path(post, path = "/tests/{id}/stop",
+    params(("id" = String, Path, description = "Test id")),
+    responses((status = 202, body = TestView), (status = 404, body = ErrorBody),
+        (status = 409, description = "Already ended", body = ErrorBody)))]
+async fn stop_test(
+    State(orch): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<TestView>), AppError> {
+    match orch.stop(&id) {
+        Ok(view) => Ok((StatusCode::ACCEPTED, Json(view))),
+        Err(e @ StopError::NotFound(_)) => Err(AppError::NotFound(e.to_string())),
+        Err(e @ StopError::Finished { .. }) => Err(AppError::Conflict(e.to_string())),
+    }
+}
+
+/// The test as an HTML report.
+#[utoipa::path(get, path = "/tests/{id}/report",
+    params(("id" = String, Path, description = "Test id")),
+    responses((status = 200, content_type = "text/html", body = String), (status = 404, body = ErrorBody)))]
+async fn test_report(
+    State(orch): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Html<String>, AppError> {
+    let view = orch.view(&id).ok_or_else(|| unknown(&id))?;
+    Ok(Html(report::render(&view)))
+}
+
+/// Known drivers.
+#[utoipa::path(get, path = "/drivers", responses((status = 200, body = Vec<DriverInfo>)))]
+async fn list_drivers(State(orch): State<AppState>) -> Json<Vec<DriverInfo>> {
+    Json(orch.drivers())
+}
+
+/// Liveness, with counts.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Always `ok` when answering.
+    pub status: &'static str,
+    /// How drivers are found.
+    pub launcher: &'static str,
+    /// Tests by status.
+    pub tests: std::collections::BTreeMap<String, u64>,
+    /// Drivers heard from in the last 3 s.
+    pub live_drivers: usize,
+    /// Messages skipped.
+    pub bus: BusStats,
+}
+
+/// Liveness, with counts.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)))]
+async fn healthz(State(orch): State<AppState>) -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        launcher: orch.launcher_name(),
+        tests: orch.test_counts(),
+        live_drivers: orch.drivers().iter().filter(|d| d.state != "lost").count(),
+        bus: orch.bus_stats(),
+    })
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "loadwave orchestrator",
+        description = "Distributed HTTP load testing: start tests, watch them live, read their results."
+    ),
+    paths(
+        create_test,
+        list_tests,
+        get_test,
+        stop_test,
+        test_report,
+        list_drivers,
+        healthz
+    ),
+    components(schemas(TestSpec, TestView, ErrorBody, TestListItem, DriverInfo, Health))
+)]
+struct ApiDoc;
+
+/// The OpenAPI document of this API, generated from the code.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+async fn openapi() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        openapi_document().to_json().unwrap_or_default(),
+    )
+}
+
+async fn not_found() -> AppError {
+    AppError::NotFound("no such route; see /openapi.json".into())
+}
+
+async fn method_not_allowed() -> Response {
+    let body = ErrorBody {
+        error: ErrorDetail {
+            status: 405,
+            field: None,
+            message: "method not allowed on this route; see /openapi.json".into(),
+        },
+    };
+    (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
+}

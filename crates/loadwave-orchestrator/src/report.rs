@@ -1,0 +1,308 @@
+//! The HTML report of a test: one self-contained page (inline CSS and SVG, no scripts)
+//! that can be saved and mailed to a colleague.
+
+use std::fmt::Write as _;
+
+use loadwave_core::{TestView, TimelinePoint};
+
+/// Escapes text for HTML.
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn ms(v: f64) -> String {
+    if v >= 1000.0 {
+        format!("{:.2} s", v / 1000.0)
+    } else if v >= 10.0 {
+        format!("{v:.1} ms")
+    } else {
+        format!("{v:.2} ms")
+    }
+}
+
+fn date(unix_ms: Option<u64>) -> String {
+    match unix_ms {
+        None => "–".into(),
+        Some(ms) => {
+            let secs = ms / 1000;
+            let (days, rem) = (secs / 86_400, secs % 86_400);
+            let (y, m, d) = civil_from_days(days as i64);
+            format!(
+                "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+                rem / 3600,
+                rem % 3600 / 60,
+                rem % 60
+            )
+        }
+    }
+}
+
+/// Days since 1970-01-01 to a calendar date (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// A chart of one series per second: bars for throughput, or lines for latency.
+fn chart(
+    points: &[TimelinePoint],
+    title: &str,
+    series: &[(&str, &str, fn(&TimelinePoint) -> f64)],
+    bars: bool,
+) -> String {
+    let (w, h, pad) = (760.0, 180.0, 40.0);
+    let mut out = format!("<figure><figcaption>{}</figcaption>", esc(title));
+    if points.is_empty() {
+        out.push_str("<p class=muted>No data yet.</p></figure>");
+        return out;
+    }
+    let max = points
+        .iter()
+        .flat_map(|p| series.iter().map(move |(_, _, f)| f(p)))
+        .fold(0.0f64, f64::max)
+        .max(1e-9);
+    let n = points.len() as f64;
+    let step = (w - pad) / n;
+    let x = |i: usize| pad + step * i as f64 + step / 2.0;
+    let y = |v: f64| h - 20.0 - (v / max) * (h - 30.0);
+    let _ = write!(
+        out,
+        "<svg viewBox='0 0 {w} {h}' role=img aria-label='{}'>",
+        esc(title)
+    );
+    let _ = write!(
+        out,
+        "<line x1='{pad}' y1='{}' x2='{w}' y2='{}' class=axis /><text x='0' y='14' class=tick>{}</text><text x='0' y='{}' class=tick>0</text>",
+        h - 20.0,
+        h - 20.0,
+        if bars { format!("{max:.0}") } else { ms(max) },
+        h - 20.0
+    );
+    for (name, color, f) in series {
+        if bars {
+            for (i, p) in points.iter().enumerate() {
+                let top = y(f(p));
+                let _ = write!(
+                    out,
+                    "<rect x='{:.1}' y='{top:.1}' width='{:.1}' height='{:.1}' fill='{color}'><title>second {}: {:.0} {name}</title></rect>",
+                    x(i) - step * 0.4,
+                    step * 0.8,
+                    (h - 20.0 - top).max(0.0),
+                    p.second,
+                    f(p)
+                );
+            }
+        } else {
+            let path: Vec<String> = points
+                .iter()
+                .enumerate()
+                .map(|(i, p)| format!("{:.1},{:.1}", x(i), y(f(p))))
+                .collect();
+            let _ = write!(
+                out,
+                "<polyline points='{}' fill='none' stroke='{color}' stroke-width='2'><title>{name}</title></polyline>",
+                path.join(" ")
+            );
+        }
+    }
+    let last = points.last().map(|p| p.second).unwrap_or(0);
+    let _ = write!(
+        out,
+        "<text x='{pad}' y='{h}' class=tick>0 s</text><text x='{}' y='{h}' class=tick text-anchor=end>{last} s</text></svg>",
+        w - 2.0
+    );
+    out.push_str("<div class=legend>");
+    for (name, color, _) in series {
+        let _ = write!(
+            out,
+            "<span><i style='background:{color}'></i>{}</span>",
+            esc(name)
+        );
+    }
+    out.push_str("</div></figure>");
+    out
+}
+
+/// Renders the report.
+pub fn render(v: &TestView) -> String {
+    let s = &v.summary;
+    let l = &s.latency_ms;
+    let spec = &v.spec;
+    let title = spec
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("Test {}", v.id));
+    let verdict = match &v.verdict {
+        Some(vd) if vd.passed => "<span class='badge pass'>PASS</span>".to_string(),
+        Some(_) => "<span class='badge fail'>FAIL</span>".to_string(),
+        None => format!("<span class='badge'>{}</span>", v.status.as_str()),
+    };
+    let mut o = String::with_capacity(16 * 1024);
+    let _ = write!(
+        o,
+        "<!doctype html><html lang=en><head><meta charset=utf-8><title>{}</title>\
+<meta name=viewport content='width=device-width,initial-scale=1'><style>\
+body{{font:15px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:820px;color:#1d232a;padding:0 1rem}}\
+h1{{font-size:1.5rem;margin:0}}h2{{font-size:1.1rem;margin-top:2rem;border-bottom:1px solid #ddd}}\
+table{{border-collapse:collapse;width:100%}}td,th{{padding:.25rem .5rem;text-align:right;border-bottom:1px solid #eee}}\
+td:first-child,th:first-child{{text-align:left}}.muted{{color:#6a737d}}\
+.badge{{display:inline-block;padding:.1rem .6rem;border-radius:1rem;background:#eee;font-weight:600;margin-left:.5rem}}\
+.pass{{background:#d7f5dd;color:#116329}}.fail{{background:#ffe0e0;color:#a40e26}}\
+.grid{{display:grid;grid-template-columns:repeat(4,1fr);gap:.5rem}}.grid div{{background:#f6f8fa;padding:.6rem;border-radius:.4rem}}\
+.grid b{{display:block;font-size:1.25rem}}svg{{width:100%;height:auto}}.axis{{stroke:#999}}.tick{{font-size:11px;fill:#6a737d}}\
+.legend span{{margin-right:1rem;font-size:13px}}.legend i{{display:inline-block;width:.8rem;height:.8rem;margin-right:.3rem;vertical-align:middle}}\
+figure{{margin:1rem 0}}figcaption{{font-weight:600}}li.warn{{color:#8a5300}}</style></head><body>",
+        esc(&title)
+    );
+    let _ = write!(
+        o,
+        "<h1>{}{verdict}</h1><p class=muted>{} · {} · {} driver(s) × {} requests · concurrency {}{} · started {} · id {}</p>",
+        esc(&title),
+        spec.test_type,
+        esc(&spec.target_url),
+        spec.drivers,
+        spec.requests_per_driver,
+        spec.concurrency,
+        spec.delay_ms
+            .map(|d| format!(" · one request every {d} ms per driver"))
+            .unwrap_or_default(),
+        date(v.start_at_ms.or(Some(v.created_at_ms))),
+        esc(&v.id)
+    );
+    if let Some(e) = &v.error {
+        let _ = write!(o, "<p class='badge fail'>{}</p>", esc(e));
+    }
+    let _ = write!(
+        o,
+        "<div class=grid><div>requests<b>{}</b>of {}</div><div>throughput<b>{:.0} rps</b>over {:.2} s</div>\
+<div>errors<b>{}</b>{:.2}%</div><div>p99<b>{}</b>p50 {}</div></div>",
+        s.requests,
+        s.expected_requests,
+        s.rps,
+        s.duration_s,
+        s.errors,
+        s.error_rate * 100.0,
+        ms(l.p99),
+        ms(l.p50)
+    );
+    o.push_str("<h2>Latency</h2><table><tr><th>min</th><th>mean</th><th>p50</th><th>p90</th><th>p95</th><th>p99</th><th>p99.9</th><th>max</th></tr><tr>");
+    for x in [l.min, l.mean, l.p50, l.p90, l.p95, l.p99, l.p999, l.max] {
+        let _ = write!(o, "<td>{}</td>", ms(x));
+    }
+    o.push_str("</tr></table><p class=muted>Percentiles of every response, merged from the drivers' HDR histograms (3 significant digits).");
+    if spec.delay_ms.is_some() {
+        let _ = write!(
+            o,
+            " Tsunami latencies count from each request's due time; {} requests waited for a free connection.",
+            s.late
+        );
+    }
+    o.push_str("</p>");
+    o.push_str(&chart(
+        &v.timeline,
+        "Requests per second",
+        &[
+            ("requests", "#4c8bf5", |p| p.requests as f64),
+            ("errors", "#e5534b", |p| p.errors as f64),
+        ],
+        true,
+    ));
+    o.push_str(&chart(
+        &v.timeline,
+        "Latency per second",
+        &[
+            ("p50", "#2da44e", |p| p.p50_ms),
+            ("p99", "#bf8700", |p| p.p99_ms),
+            ("max", "#cf222e", |p| p.max_ms),
+        ],
+        false,
+    ));
+    o.push_str(
+        "<h2>Responses and errors</h2><table><tr><th>status / error</th><th>count</th></tr>",
+    );
+    for (code, n) in &s.status_codes {
+        let _ = write!(o, "<tr><td>HTTP {}</td><td>{n}</td></tr>", esc(code));
+    }
+    for (kind, n) in &s.error_kinds {
+        let _ = write!(o, "<tr><td>{} error</td><td>{n}</td></tr>", esc(kind));
+    }
+    o.push_str("</table><h2>Drivers</h2><table><tr><th>driver</th><th>state</th><th>requests</th><th>errors</th><th>p50</th><th>p99</th><th>start delay</th><th>peak CPU</th></tr>");
+    for d in &v.drivers {
+        let _ = write!(
+            o,
+            "<tr><td>{}</td><td>{:?}{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}%{}</td></tr>",
+            esc(&d.id),
+            d.state,
+            if d.missing_requests > 0 {
+                format!(" ({} missing)", d.missing_requests)
+            } else {
+                String::new()
+            },
+            d.requests,
+            d.errors,
+            ms(d.latency_ms.p50),
+            ms(d.latency_ms.p99),
+            d.start_delay_ms.map(ms).unwrap_or_else(|| "–".into()),
+            d.health.cpu_percent,
+            if d.saturated { " ⚠" } else { "" }
+        );
+    }
+    o.push_str("</table>");
+    if let Some(skew) = s.start_skew_ms {
+        let _ = write!(
+            o,
+            "<p class=muted>Start skew across drivers: {}.</p>",
+            ms(skew)
+        );
+    }
+    if let Some(vd) = &v.verdict {
+        o.push_str("<h2>Verdict</h2><ul>");
+        for c in &vd.checks {
+            let _ = write!(
+                o,
+                "<li>{} <code>{}</code> — measured {:.3}</li>",
+                if c.passed { "✓" } else { "✗" },
+                esc(&c.threshold),
+                c.actual
+            );
+        }
+        for r in &vd.reasons {
+            let _ = write!(o, "<li class=warn>{}</li>", esc(r));
+        }
+        o.push_str("</ul>");
+    }
+    if !v.warnings.is_empty() {
+        o.push_str("<h2>Warnings</h2><ul>");
+        for w in &v.warnings {
+            let _ = write!(o, "<li class=warn>{}</li>", esc(w));
+        }
+        o.push_str("</ul>");
+    }
+    o.push_str("<p class=muted>Generated by loadwave.</p></body></html>");
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_escaping() {
+        assert_eq!(date(Some(0)), "1970-01-01 00:00:00 UTC");
+        assert_eq!(date(Some(1_700_000_000_000)), "2023-11-14 22:13:20 UTC");
+        assert_eq!(
+            esc("<a href=\"x\">&</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&lt;/a&gt;"
+        );
+    }
+}

@@ -1,0 +1,377 @@
+//! The commands that talk to an orchestrator: `start`, `status`, `list`, `stop`,
+//! `report`.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use clap::Args;
+use loadwave_core::TestView;
+use loadwave_proto::unix_ms_now;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::exit;
+use crate::render::{progress_line, summary_table, thousands};
+use crate::run::exit_code;
+use crate::spec_args::SpecArgs;
+
+/// Where the orchestrator is.
+#[derive(Debug, Args)]
+pub struct Remote {
+    /// The orchestrator's base URL.
+    #[arg(
+        long,
+        env = "LOADWAVE_ORCHESTRATOR",
+        default_value = "http://127.0.0.1:8000",
+        global = true
+    )]
+    orchestrator: String,
+}
+
+/// Flags of `loadwave start`.
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    #[command(flatten)]
+    spec: SpecArgs,
+    /// Follow the test live until it ends; the exit code is then its verdict.
+    #[arg(long)]
+    wait: bool,
+    /// Print JSON (the created test, or with --wait the final one) instead of text.
+    #[arg(long)]
+    json: bool,
+    /// No live progress line with --wait.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+/// Flags of `loadwave status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The test id.
+    id: String,
+    /// Print the JSON of `GET /tests/{id}`.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Flags of `loadwave stop`.
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// The test id.
+    id: String,
+}
+
+/// Flags of `loadwave report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The test id.
+    id: String,
+    /// Write the HTML here instead of stdout.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+/// Flags of `loadwave list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print the JSON of `GET /tests`.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A failed call, worded for the terminal.
+struct Failure(String);
+
+struct Client {
+    agent: ureq::Agent,
+    base: String,
+}
+
+impl Client {
+    fn new(remote: &Remote) -> Client {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(30)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Client {
+            agent,
+            base: remote.orchestrator.trim_end_matches('/').to_string(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(u16, String), Failure> {
+        let url = self.url(path);
+        let result = match (method, body) {
+            ("POST", Some(body)) => self
+                .agent
+                .post(&url)
+                .header("content-type", "application/json")
+                .send(&body[..]),
+            ("POST", None) => self.agent.post(&url).send_empty(),
+            _ => self.agent.get(&url).call(),
+        };
+        let mut response = result.map_err(|e| {
+            Failure(format!(
+                "cannot reach the orchestrator at {}: {e}",
+                self.base
+            ))
+        })?;
+        let status = response.status().as_u16();
+        let text = response
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| Failure(format!("reading the answer of {url}: {e}")))?;
+        if status >= 400 {
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| {
+                    let e = v.get("error")?;
+                    let msg = e.get("message")?.as_str()?.to_string();
+                    Some(match e.get("field").and_then(Value::as_str) {
+                        Some(field) => format!("{field}: {msg}"),
+                        None => msg,
+                    })
+                })
+                .unwrap_or(text);
+            return Err(Failure(format!(
+                "the orchestrator answered {status}: {message}"
+            )));
+        }
+        Ok((status, text))
+    }
+
+    fn json<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, Failure> {
+        let (_, text) = self.call(method, path, body)?;
+        serde_json::from_str(&text)
+            .map_err(|e| Failure(format!("unexpected answer from {}{path}: {e}", self.base)))
+    }
+}
+
+fn fail(f: Failure) -> u8 {
+    eprintln!("error: {}", f.0);
+    exit::ERROR
+}
+
+/// `loadwave start`.
+pub fn start(remote: &Remote, args: StartArgs) -> u8 {
+    let spec = match args.spec.to_spec() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::ERROR;
+        }
+    };
+    let client = Client::new(remote);
+    let body = serde_json::to_vec(&spec).expect("specs serialize");
+    let created: TestView = match client.json("POST", "/tests", Some(body)) {
+        Ok(v) => v,
+        Err(f) => return fail(f),
+    };
+    if !args.wait {
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&created).expect("views serialize")
+            );
+        } else {
+            println!("{}", created.id);
+            eprintln!(
+                "follow it: loadwave status {} --orchestrator {}",
+                created.id, client.base
+            );
+        }
+        return exit::PASS;
+    }
+    let show_progress = !args.no_progress && std::io::stderr().is_terminal();
+    match follow(&client, &created.id, show_progress) {
+        Ok(view) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&view).expect("views serialize")
+                );
+            } else {
+                print!("{}", summary_table(&view));
+                println!(
+                    "  report        {}",
+                    client.url(&format!("/tests/{}/report", view.id))
+                );
+            }
+            exit_code(&view)
+        }
+        Err(f) => fail(f),
+    }
+}
+
+/// Polls the test until it ends. Ctrl-C asks the orchestrator to stop it (a second
+/// Ctrl-C leaves at once).
+fn follow(client: &Client, id: &str, show_progress: bool) -> Result<TestView, Failure> {
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupted.clone();
+        let _ = ctrlc_handler(move || {
+            if flag.swap(true, Ordering::SeqCst) {
+                std::process::exit(i32::from(exit::ERROR));
+            }
+        });
+    }
+    let mut stop_sent = false;
+    let mut failures = 0;
+    loop {
+        if interrupted.load(Ordering::SeqCst) && !stop_sent {
+            stop_sent = true;
+            eprintln!("\nstopping test {id} (Ctrl-C again to leave it running)");
+            let _ = client.call("POST", &format!("/tests/{id}/stop"), None);
+        }
+        match client.json::<TestView>("GET", &format!("/tests/{id}"), None) {
+            Ok(view) => {
+                failures = 0;
+                if show_progress {
+                    let mut err = std::io::stderr().lock();
+                    let _ = write!(err, "\r\x1b[2K{}", progress_line(&view, unix_ms_now()));
+                    if view.status.is_finished() {
+                        let _ = writeln!(err);
+                    }
+                    let _ = err.flush();
+                }
+                if view.status.is_finished() {
+                    return Ok(view);
+                }
+            }
+            // An orchestrator restart is survivable: keep asking for a while.
+            Err(f) if failures < 60 => {
+                failures += 1;
+                tracing::debug!(error = %f.0, "poll failed");
+            }
+            Err(f) => return Err(f),
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Runs `f` on SIGINT, from a thread of its own (the CLI's remote commands are
+/// synchronous).
+fn ctrlc_handler(f: impl Fn() + Send + 'static) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::spawn(move || {
+        runtime.block_on(async {
+            while tokio::signal::ctrl_c().await.is_ok() {
+                f();
+            }
+        })
+    });
+    Ok(())
+}
+
+/// `loadwave status`.
+pub fn status(remote: &Remote, args: StatusArgs) -> u8 {
+    let client = Client::new(remote);
+    match client.json::<TestView>("GET", &format!("/tests/{}", args.id), None) {
+        Ok(view) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&view).expect("views serialize")
+                );
+            } else {
+                print!("{}", summary_table(&view));
+            }
+            exit::PASS
+        }
+        Err(f) => fail(f),
+    }
+}
+
+/// `loadwave list`.
+pub fn list(remote: &Remote, args: ListArgs) -> u8 {
+    let client = Client::new(remote);
+    let tests: Vec<Value> = match client.json("GET", "/tests", None) {
+        Ok(t) => t,
+        Err(f) => return fail(f),
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&tests).expect("values serialize")
+        );
+        return exit::PASS;
+    }
+    println!(
+        "{:<34} {:<10} {:<10} {:>12} {:>10} {:>10} {:<7} name",
+        "id", "status", "type", "requests", "rps", "p99 ms", "verdict"
+    );
+    for t in &tests {
+        let s = |k: &str| t.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        let f = |k: &str| t.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+        println!(
+            "{:<34} {:<10} {:<10} {:>12} {:>10.0} {:>10.2} {:<7} {}",
+            s("id"),
+            s("status"),
+            s("test_type"),
+            thousands(t.get("requests").and_then(Value::as_u64).unwrap_or(0)),
+            f("rps"),
+            f("p99_ms"),
+            match t.get("passed").and_then(Value::as_bool) {
+                Some(true) => "pass",
+                Some(false) => "fail",
+                None => "-",
+            },
+            s("name")
+        );
+    }
+    exit::PASS
+}
+
+/// `loadwave stop`.
+pub fn stop(remote: &Remote, args: StopArgs) -> u8 {
+    let client = Client::new(remote);
+    match client.call("POST", &format!("/tests/{}/stop", args.id), None) {
+        Ok(_) => {
+            println!("stopping {}", args.id);
+            exit::PASS
+        }
+        Err(f) => fail(f),
+    }
+}
+
+/// `loadwave report`.
+pub fn report(remote: &Remote, args: ReportArgs) -> u8 {
+    let client = Client::new(remote);
+    let html = match client.call("GET", &format!("/tests/{}/report", args.id), None) {
+        Ok((_, html)) => html,
+        Err(f) => return fail(f),
+    };
+    match &args.output {
+        Some(path) => match std::fs::write(path, html) {
+            Ok(()) => {
+                eprintln!("wrote {}", path.display());
+                exit::PASS
+            }
+            Err(e) => fail(Failure(format!("cannot write {}: {e}", path.display()))),
+        },
+        None => {
+            print!("{html}");
+            exit::PASS
+        }
+    }
+}
