@@ -3,6 +3,8 @@
 #
 #   scripts/kafka.sh up     fetch the jars (Maven Central, once), format, start, wait
 #   scripts/kafka.sh down   stop it
+#   scripts/kafka.sh stop   stop it, keeping its data (for outage tests)
+#   scripts/kafka.sh start  start it again on the data `up` formatted
 #
 # Environment: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (KAFKA_PORT + 1),
 # KAFKA_VERSION (from scripts/kafka/pom.xml), KAFKA_HEAP (512m).
@@ -62,12 +64,19 @@ transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 PROPS
-  local java_cmd=(java "-Xms128m" "-Xmx$KAFKA_HEAP" -XX:+UseG1GC
-    "-Dlog4j2.configurationFile=$ROOT/scripts/kafka/log4j2.properties" -cp "$LIBS/*")
   local cluster_id
   cluster_id=$("${java_cmd[@]}" kafka.tools.StorageTool random-uuid | tail -n 1)
   "${java_cmd[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$DATA/server.properties" >"$DATA/format.log" 2>&1 \
     || { cat "$DATA/format.log" >&2; die "formatting the Kafka log directory failed"; }
+  start
+}
+
+java_cmd=(java "-Xms128m" "-Xmx$KAFKA_HEAP" -XX:+UseG1GC -XX:TieredStopAtLevel=1
+  "-Dlog4j2.configurationFile=$ROOT/scripts/kafka/log4j2.properties" -cp "$LIBS/*")
+
+start() {
+  [[ -f "$DATA/server.properties" ]] || die "no formatted broker in $DATA; run '$0 up'"
+  stop_bg "$NAME"
   log "starting Apache Kafka $KAFKA_VERSION (KRaft) on 127.0.0.1:$KAFKA_PORT"
   start_bg "$NAME" "${java_cmd[@]}" kafka.Kafka "$DATA/server.properties"
   local pid
@@ -77,7 +86,7 @@ PROPS
       tail -n 30 "$STATE_DIR/$NAME.log" >&2
       die "Kafka exited during start-up"
     fi
-    if grep -q "Kafka Server started" "$STATE_DIR/$NAME.log" && port_open "$KAFKA_PORT"; then
+    if grep -q "Kafka Server started" "$STATE_DIR/$NAME.log" 2>/dev/null && port_open "$KAFKA_PORT"; then
       log "Kafka is up on 127.0.0.1:$KAFKA_PORT"
       return 0
     fi
@@ -93,5 +102,7 @@ down() {
 case "${1:-up}" in
   up) up ;;
   down) down ;;
+  start) fetch && start ;;
+  stop) down ;;
   *) die "usage: $0 up|down" ;;
 esac

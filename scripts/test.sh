@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# `make test`: build the workspace once (binaries and test binaries together), then run
-# every unit and integration test against it. Integration tests start the real binaries.
+# `make test`: build the workspace once (binaries and test binaries together), start a
+# real Apache Kafka broker (KRaft, jars from Maven Central), run every unit and
+# integration test against them, stop the broker.
+#
+# Environment: TEST_KAFKA_PORT (19092), the broker the tests use.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 cd "$ROOT"
@@ -10,5 +13,11 @@ command -v cargo >/dev/null || die "cargo is not installed (https://rustup.rs)"
 log "building the workspace (binaries and tests, one build)"
 cargo build --workspace --bins --tests --locked
 
-log "running the tests"
+export KAFKA_PORT=${TEST_KAFKA_PORT:-19092}
+export KAFKA_CONTROLLER_PORT=$((KAFKA_PORT + 1))
+trap 'bash "$ROOT/scripts/kafka.sh" down' EXIT
+bash "$ROOT/scripts/kafka.sh" up
+export KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
+
+log "running the tests (Kafka at $KAFKA_BROKERS)"
 cargo test --workspace --locked -- --test-threads 2

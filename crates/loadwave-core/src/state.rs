@@ -141,6 +141,8 @@ pub(crate) struct DriverTrack {
     pub(crate) health: DriverHealth,
     pub(crate) peak_health: DriverHealth,
     pub(crate) start_delay_us: Option<u64>,
+    /// Bus-alive time when it was last heard from.
+    seen_alive_ms: u64,
 }
 
 impl DriverTrack {
@@ -160,7 +162,13 @@ impl DriverTrack {
             health: DriverHealth::default(),
             peak_health: DriverHealth::default(),
             start_delay_us: None,
+            seen_alive_ms: 0,
         }
+    }
+
+    fn seen(&mut self, clock_ms: u64, alive_ms: u64) {
+        self.last_seen_ms = self.last_seen_ms.max(clock_ms);
+        self.seen_alive_ms = self.seen_alive_ms.max(alive_ms);
     }
 
     /// Reports numbered below the final one that never arrived.
@@ -189,10 +197,17 @@ pub struct TestState {
     pub(crate) total: Aggregate,
     pub(crate) timeline: BTreeMap<u32, Aggregate>,
     pub(crate) duplicates: u64,
-    /// The newest send time seen on the bus (heartbeats, orchestrator ticks): the clock
-    /// lost-driver detection runs on, so a stalled bus makes nobody lost.
+    /// The newest send time seen on the bus (heartbeats, orchestrator ticks).
     clock_ms: u64,
+    /// Time the bus was seen moving: advances with `clock_ms`, but by at most
+    /// [`MAX_CLOCK_STEP_MS`] per observation, so an outage (of the broker, or of this
+    /// orchestrator) counts as a single step. Lost-driver detection runs on it.
+    alive_ms: u64,
 }
+
+/// The longest step of bus-alive time one observation may add: the orchestrator's tick
+/// interval. A longer gap means nothing moved on the bus; nobody's silence counts then.
+pub const MAX_CLOCK_STEP_MS: u64 = 1_000;
 
 impl TestState {
     /// A new pending test for `driver_ids` (one per driver the spec asks for).
@@ -221,6 +236,7 @@ impl TestState {
             timeline: BTreeMap::new(),
             duplicates: 0,
             clock_ms: now_ms,
+            alive_ms: 0,
         }
     }
 
@@ -264,7 +280,10 @@ impl TestState {
     /// orchestrator tick or any heartbeat). Where the bus cannot stall (in one process),
     /// callers pass the wall clock.
     pub fn observe_clock(&mut self, sent_at_ms: u64) {
-        self.clock_ms = self.clock_ms.max(sent_at_ms);
+        if sent_at_ms > self.clock_ms {
+            self.alive_ms += (sent_at_ms - self.clock_ms).min(MAX_CLOCK_STEP_MS);
+            self.clock_ms = sent_at_ms;
+        }
     }
 
     /// When the test was created, ms since the epoch.
@@ -306,27 +325,27 @@ impl TestState {
         self.drivers.iter_mut().find(|d| d.id == id)
     }
 
-    /// Folds one message in. Drivers count as alive as of the bus clock (see
-    /// [`TestState::observe_clock`]) when they register or report, and as of their
-    /// heartbeat's send time when they heartbeat.
+    /// Folds one message in. A driver that registers, heartbeats or reports counts as
+    /// alive as of the bus clock (see [`TestState::observe_clock`]); a heartbeat's send
+    /// time advances that clock first.
     pub fn apply(&mut self, message: &Message) -> Applied {
         let test_id = self.id.clone();
         match message {
             Message::Register(r) => {
-                let clock = self.clock_ms;
+                let (clock, alive) = (self.clock_ms, self.alive_ms);
                 let Some(d) = self.driver_mut(&r.driver_id) else {
                     return Applied::Ignored;
                 };
                 match &r.test_id {
                     Some(t) if *t == test_id => {
-                        d.last_seen_ms = d.last_seen_ms.max(clock);
+                        d.seen(clock, alive);
                         if d.phase == DriverPhase::Waiting {
                             d.phase = DriverPhase::Ready;
                         }
                         Applied::Changed
                     }
                     None => {
-                        d.last_seen_ms = d.last_seen_ms.max(clock);
+                        d.seen(clock, alive);
                         d.reregistered = true;
                         Applied::Changed
                     }
@@ -334,11 +353,12 @@ impl TestState {
                 }
             }
             Message::Heartbeat(h) => {
-                self.clock_ms = self.clock_ms.max(h.sent_at_ms);
+                self.observe_clock(h.sent_at_ms);
+                let alive = self.alive_ms;
                 let Some(d) = self.driver_mut(&h.driver_id) else {
                     return Applied::Ignored;
                 };
-                d.last_seen_ms = d.last_seen_ms.max(h.sent_at_ms);
+                d.seen(h.sent_at_ms, alive);
                 if h.activity == Activity::Running
                     && h.test_id.as_deref() == Some(test_id.as_str())
                     && d.phase == DriverPhase::Ready
@@ -368,10 +388,10 @@ impl TestState {
                 Err(err) => return Applied::Rejected(err.to_string()),
             }
         }
-        let clock = self.clock_ms;
+        let (clock, alive) = (self.clock_ms, self.alive_ms);
         let d = &mut self.drivers[index];
         d.seqs.insert(report.seq);
-        d.last_seen_ms = d.last_seen_ms.max(clock);
+        d.seen(clock, alive);
         if report.start_delay_us.is_some() {
             d.start_delay_us = report.start_delay_us;
         }
@@ -478,9 +498,10 @@ impl TestState {
                     let start_at_ms = now_ms + self.options.start_lead_ms;
                     self.start_at_ms = Some(start_at_ms);
                     self.status = TestStatus::Running;
-                    self.clock_ms = self.clock_ms.max(now_ms);
+                    self.observe_clock(now_ms);
+                    let alive = self.alive_ms;
                     for d in &mut self.drivers {
-                        d.last_seen_ms = d.last_seen_ms.max(now_ms);
+                        d.seen(now_ms, alive);
                     }
                     out.push(self.trigger(TriggerAction::Start { start_at_ms }));
                 } else if now_ms >= self.created_at_ms + self.options.registration_timeout_ms {
@@ -496,9 +517,9 @@ impl TestState {
                 }
             }
             TestStatus::Running => {
-                let (timeout, clock) = (self.options.heartbeat_timeout_ms, self.clock_ms);
+                let (timeout, alive) = (self.options.heartbeat_timeout_ms, self.alive_ms);
                 for d in &mut self.drivers {
-                    if !d.phase.is_terminal() && clock > d.last_seen_ms + timeout {
+                    if !d.phase.is_terminal() && alive > d.seen_alive_ms + timeout {
                         tracing::warn!(test_id = %self.id, driver = %d.id, "driver lost");
                         d.phase = DriverPhase::Lost;
                     }

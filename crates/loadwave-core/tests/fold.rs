@@ -304,9 +304,12 @@ fn a_silent_driver_is_lost_and_its_missing_work_named() {
         T0 + 2000,
     );
     feed(&mut s, &heartbeat("d0", T0 + 1500), T0 + 1500);
-    tick(&mut s, T0 + 4000);
+    // Silence counts in seconds of a moving bus: d0 was last heard at 2 s.
+    for at in [3000, 4000, 5000] {
+        tick(&mut s, T0 + at);
+    }
     assert_eq!(s.status(), TestStatus::Running, "3 s have not passed yet");
-    tick(&mut s, T0 + 4501);
+    tick(&mut s, T0 + 5001);
     let view = s.view();
     assert_eq!(view.status, TestStatus::Completed);
     let d0 = &view.drivers[0];
@@ -457,6 +460,11 @@ fn a_stalled_bus_makes_nobody_lost() {
             .all(|d| d.state != DriverPhase::Lost)
     );
     // Now the bus moves on (the other driver's heartbeats) and d0 stays silent.
+    for at in [13_000, 14_000, 15_000] {
+        feed(&mut s, &heartbeat("d1", T0 + at), T0 + at);
+        s.poll(T0 + at);
+    }
+    assert_ne!(s.view().drivers[0].state, DriverPhase::Lost);
     feed(&mut s, &heartbeat("d1", T0 + 15_001), T0 + 15_001);
     s.poll(T0 + 15_001);
     assert_eq!(s.view().drivers[0].state, DriverPhase::Lost);

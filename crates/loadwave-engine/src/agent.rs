@@ -27,6 +27,8 @@ use crate::sysmon::{HealthProbe, SysMonitor};
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// How often a running driver reports.
 pub const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// How long after each second's end its report goes out.
+const REPORT_GRACE: Duration = Duration::from_millis(100);
 
 /// Whether the agent serves many tests or one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -283,7 +285,9 @@ async fn execute(
         }
     };
     let mut run = engine::start(plan, start, stop.clone());
-    let first = tokio::time::Instant::from_std(start + REPORT_EVERY);
+    // Workers hand over a second's figures when they next complete or idle after it ends;
+    // reporting a little after each boundary catches them in that second's report.
+    let first = tokio::time::Instant::from_std(start + REPORT_EVERY + REPORT_GRACE);
     let mut ticker = tokio::time::interval_at(first, REPORT_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stopping = false;

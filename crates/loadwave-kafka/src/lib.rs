@@ -3,9 +3,8 @@
 //!
 //! - Topics are the original's five (`register`, `test_config`, `trigger`, `metrics`,
 //!   `heartbeat`) behind an optional prefix, created at start-up when missing. The
-//!   `heartbeat` topic always has one partition: heartbeats of every driver then keep one
-//!   total order, which the orchestrator's lost-driver detection relies on after a broker
-//!   outage.
+//!   `heartbeat` topic always has one partition, so the heartbeats of every driver and the
+//!   orchestrator's ticks are read in the order the broker took them.
 //! - The producer is idempotent with `acks=all` and keeps messages for up to five minutes
 //!   while the broker is away (`message.timeout.ms`), so an outage delays reports instead
 //!   of losing them. `publish` returns once the broker acknowledged the message.
@@ -74,6 +73,9 @@ impl KafkaConfig {
         c.set("bootstrap.servers", &self.brokers);
         // Local brokers come and go in tests; don't spam the log at every reconnect.
         c.set("log.connection.close", "false");
+        // Reconnect within a second of a broker's return (librdkafka backs off up to 10 s
+        // by default), so drivers are heard again before anyone's silence counts.
+        c.set("reconnect.backoff.max.ms", "1000");
         c
     }
 
@@ -197,7 +199,10 @@ impl Bus for KafkaBus {
             .set("auto.commit.interval.ms", "500")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", &self.config.auto_offset_reset)
-            .set("session.timeout.ms", "10000")
+            // The broker's least allowed session: a dead consumer's partitions move on
+            // quickly. (Static membership would be quicker still, but librdkafka treats
+            // the fencing a broker restart can cause as fatal.)
+            .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "1000");
         self.config.apply_options(&mut c);
         let consumer: StreamConsumer =
@@ -233,7 +238,8 @@ async fn pump(
         let message = match received {
             Ok(m) => m,
             Err(err) => {
-                tracing::warn!(%err, "kafka consumer error");
+                // librdkafka reconnects by itself; its own log already said why.
+                tracing::debug!(%err, "kafka consumer error");
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }

@@ -53,13 +53,11 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
+/// One line or bar series of a chart: its name, colour and value per second.
+type Series<'a> = (&'a str, &'a str, fn(&TimelinePoint) -> f64);
+
 /// A chart of one series per second: bars for throughput, or lines for latency.
-fn chart(
-    points: &[TimelinePoint],
-    title: &str,
-    series: &[(&str, &str, fn(&TimelinePoint) -> f64)],
-    bars: bool,
-) -> String {
+fn chart(points: &[TimelinePoint], title: &str, series: &[Series<'_>], bars: bool) -> String {
     let (w, h, pad) = (760.0, 180.0, 40.0);
     let mut out = format!("<figure><figcaption>{}</figcaption>", esc(title));
     if points.is_empty() {

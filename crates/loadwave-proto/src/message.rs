@@ -100,10 +100,9 @@ pub struct Heartbeat {
 
 /// The orchestrator's own mark on the `heartbeat` topic, once a second.
 ///
-/// The heartbeat topic has one partition, so every heartbeat sent before a tick is read
-/// before it. Reading a tick sent at `T` therefore proves the bus delivered everything up
-/// to `T`: a driver whose last heartbeat is more than 3 s older than that is lost, while
-/// a broker outage (no ticks either) makes nobody lost.
+/// Reading ticks back keeps the orchestrator's bus clock moving when drivers are silent,
+/// so a driver that died alone is found lost. While the broker is away nothing is read,
+/// ticks included, so the clock stops and nobody's silence counts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Tick {
     /// The orchestrator instance.

@@ -150,6 +150,13 @@ impl TestSpec {
     ///
     /// Type errors name the field they occur in; a missing or unknown field is named too.
     pub fn from_json(bytes: &[u8]) -> Result<TestSpec, SpecError> {
+        let starts_as_object = bytes
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b'{');
+        if !starts_as_object && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() {
+            return Err(SpecError::new("spec", "must be a JSON object"));
+        }
         let de = &mut serde_json::Deserializer::from_slice(bytes);
         let spec: TestSpec = serde_path_to_error::deserialize(de).map_err(|err| {
             let path = err.path().to_string();

@@ -4,69 +4,30 @@
 //! `make test` builds every binary of the workspace first; the target binary sits next to
 //! `loadwave` in the same target directory.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use assert_cmd::cargo::CommandCargoExt;
+use loadwave_testkit::{TargetServer, bin};
 use serde_json::Value;
 
-/// A `loadwave-target` on 127.0.0.1, killed when dropped.
-struct Target {
-    child: Child,
-    addr: String,
-}
+/// A `loadwave-target` on a free port.
+struct Target(TargetServer);
 
 impl Target {
     fn start(extra: &[&str]) -> Target {
-        let bin: PathBuf = PathBuf::from(env!("CARGO_BIN_EXE_loadwave"))
-            .with_file_name(format!("loadwave-target{}", std::env::consts::EXE_SUFFIX));
-        assert!(
-            bin.exists(),
-            "{} is missing: build the workspace first (`cargo build --workspace --bins`)",
-            bin.display()
-        );
-        let mut child = Command::new(bin)
-            .args(["--listen", "127.0.0.1:0", "--threads", "1"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("target starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        Target { child, addr }
+        Target(TargetServer::start(
+            &bin(env!("CARGO_BIN_EXE_loadwave"), "loadwave-target"),
+            extra,
+        ))
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        self.0.url(path)
     }
 
-    /// The target's own `/metrics`.
     fn metrics(&self) -> Value {
-        let mut s = TcpStream::connect(&self.addr).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: t\r\n\r\n")
-            .unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        let body = text.split("\r\n\r\n").nth(1).expect("a body");
-        serde_json::from_str(body).unwrap()
-    }
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0.metrics()
     }
 }
 

@@ -1,0 +1,595 @@
+//! The distributed stack on a real Apache Kafka broker: the real orchestrator, driver and
+//! target binaries as processes, each test on its own topic prefix and data directory.
+//!
+//! `make test` starts the broker (`scripts/kafka.sh up`) and passes its address in
+//! `KAFKA_BROKERS`. The broker-outage test starts a second broker of its own, since it
+//! stops it. Tests here run one at a time: they share two cores with their processes.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use loadwave_testkit::{Proc, TargetServer, bin, free_port};
+use serde_json::{Value, json};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn brokers() -> String {
+    std::env::var("KAFKA_BROKERS").expect(
+        "KAFKA_BROKERS must name a running Kafka broker; `make test` starts one (scripts/kafka.sh up)",
+    )
+}
+
+fn exe(name: &str) -> PathBuf {
+    bin(env!("CARGO_BIN_EXE_loadwave-orchestrator"), name)
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(20)))
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// An orchestrator, its drivers and a target, on one topic prefix.
+struct Stack {
+    name: String,
+    brokers: String,
+    prefix: String,
+    dir: PathBuf,
+    port: u16,
+    orchestrator: Option<Proc>,
+    orchestrator_args: Vec<String>,
+    drivers: Vec<(String, Proc)>,
+    target: TargetServer,
+    http: ureq::Agent,
+}
+
+impl Stack {
+    fn new(name: &str, brokers: &str) -> Stack {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let prefix = format!("t{nanos}.");
+        let dir = std::env::temp_dir().join(format!("loadwave-cluster-{name}-{nanos}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        Stack {
+            name: name.to_string(),
+            brokers: brokers.to_string(),
+            prefix,
+            dir,
+            port: free_port(),
+            orchestrator: None,
+            orchestrator_args: Vec::new(),
+            drivers: Vec::new(),
+            target: TargetServer::start(&exe("loadwave-target"), &[]),
+            http: agent(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn start_orchestrator(&mut self, extra: &[&str]) {
+        if !extra.is_empty() {
+            self.orchestrator_args = extra.iter().map(|s| s.to_string()).collect();
+        }
+        let mut cmd = Command::new(exe("loadwave-orchestrator"));
+        cmd.args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["--brokers", &self.brokers, "--topic-prefix", &self.prefix])
+            .args(["--data-dir", self.dir.join("data").to_str().unwrap()])
+            .args(["--start-lead-ms", "500"])
+            .args(&self.orchestrator_args)
+            .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn");
+        self.orchestrator = Some(Proc::spawn_logged(
+            &mut cmd,
+            &self.dir.join("orchestrator.log"),
+        ));
+        let started = Instant::now();
+        while self.get("/healthz").0 != 200 {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "orchestrator did not come up: {}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn start_driver(&mut self, id: &str) {
+        let mut cmd = Command::new(exe("loadwave-driver"));
+        cmd.args([
+            "--brokers",
+            &self.brokers,
+            "--topic-prefix",
+            &self.prefix,
+            "--driver-id",
+            id,
+        ])
+        .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn");
+        let proc = Proc::spawn_logged(&mut cmd, &self.dir.join(format!("{id}.log")));
+        self.drivers.push((id.to_string(), proc));
+    }
+
+    fn driver(&mut self, id: &str) -> &mut Proc {
+        &mut self
+            .drivers
+            .iter_mut()
+            .find(|(d, _)| d == id)
+            .expect("a driver")
+            .1
+    }
+
+    /// The orchestrator's log and every driver's, for failure messages.
+    fn logs(&self) -> String {
+        let mut out = format!(
+            "\n--- logs of {} in {} ---\n",
+            self.name,
+            self.dir.display()
+        );
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for e in entries
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+            {
+                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(25).collect();
+                out.push_str(&format!("== {}\n", e.path().display()));
+                for line in tail.into_iter().rev() {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+
+    fn get(&self, path: &str) -> (u16, Value) {
+        match self.http.get(&self.url(path)).call() {
+            Ok(mut r) => {
+                let status = r.status().as_u16();
+                let text = r.body_mut().read_to_string().unwrap_or_default();
+                (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+            }
+            Err(_) => (0, Value::Null),
+        }
+    }
+
+    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let mut r = self
+            .http
+            .post(&self.url(path))
+            .header("content-type", "application/json")
+            .send(body.to_string().as_bytes())
+            .expect("orchestrator answers");
+        let status = r.status().as_u16();
+        let text = r.body_mut().read_to_string().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    fn wait_idle_drivers(&self, n: usize) {
+        let started = Instant::now();
+        loop {
+            let (_, drivers) = self.get("/drivers");
+            let idle = drivers
+                .as_array()
+                .map(|d| d.iter().filter(|d| d["state"] == "idle").count())
+                .unwrap_or(0);
+            if idle >= n {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{idle} of {n} drivers idle: {drivers}{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn create(&self, spec: Value) -> String {
+        let (status, view) = self.post("/tests", &spec);
+        assert_eq!(status, 201, "{view}");
+        view["id"].as_str().unwrap().to_string()
+    }
+
+    fn wait_status(&self, id: &str, status: &str, limit: Duration) {
+        let started = Instant::now();
+        loop {
+            let (_, view) = self.get(&format!("/tests/{id}"));
+            if view["status"] == status {
+                return;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "test never {status}: {view}{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn wait_finished(&self, id: &str, limit: Duration) -> Value {
+        let started = Instant::now();
+        loop {
+            let (_, view) = self.get(&format!("/tests/{id}"));
+            if matches!(
+                view["status"].as_str(),
+                Some("completed" | "failed" | "stopped")
+            ) {
+                return view;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "test did not finish: {view}{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn spec(&self, test_type: &str, drivers: u32, requests: u64, delay_ms: Option<f64>) -> Value {
+        let mut spec = json!({
+            "target_url": self.target.url("/ping"),
+            "test_type": test_type,
+            "drivers": drivers,
+            "requests_per_driver": requests,
+            "concurrency": 8,
+        });
+        if let Some(d) = delay_ms {
+            spec["delay_ms"] = json!(d);
+        }
+        spec
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
+}
+
+fn driver_sum(view: &Value) -> u64 {
+    view["drivers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| u(&d["requests"]))
+        .sum()
+}
+
+#[test]
+fn three_pool_drivers_count_exactly_and_start_together() {
+    let _serial = serial();
+    let mut s = Stack::new("pool", &brokers());
+    s.start_orchestrator(&[]);
+    for d in ["d1", "d2", "d3"] {
+        s.start_driver(d);
+    }
+    s.wait_idle_drivers(3);
+
+    let id = s.create(s.spec("avalanche", 3, 3000, None));
+    let view = s.wait_finished(&id, Duration::from_secs(60));
+    let logs = s.logs();
+    assert_eq!(view["status"], "completed", "{view}{logs}");
+    assert_eq!(u(&view["summary"]["requests"]), 9000);
+    assert_eq!(driver_sum(&view), 9000);
+    assert_eq!(
+        s.target.requests(),
+        9000,
+        "the target saw what the summary says"
+    );
+    assert_eq!(u(&view["summary"]["status_codes"]["200"]), 9000);
+    assert!(
+        view["drivers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["state"] == "completed" && d["missing_reports"] == 0)
+    );
+    // The drivers' first requests went out within a few ms of the common instant.
+    let skew = view["summary"]["start_skew_ms"]
+        .as_f64()
+        .expect("a start skew");
+    assert!(skew < 50.0, "start skew {skew} ms");
+    assert_eq!(view["verdict"]["passed"], true, "{view}");
+
+    // Tsunami: exact counts, on schedule (100 requests at 10 ms: 990 ms).
+    s.wait_idle_drivers(3);
+    let id = s.create(s.spec("tsunami", 3, 100, Some(10.0)));
+    let view = s.wait_finished(&id, Duration::from_secs(60));
+    assert_eq!(view["status"], "completed", "{view}");
+    assert_eq!(u(&view["summary"]["requests"]), 300);
+    assert_eq!(s.target.requests(), 9300);
+    let duration = view["summary"]["duration_s"].as_f64().unwrap();
+    assert!((0.99..1.5).contains(&duration), "{duration}");
+
+    // The CLI follows a test to its verdict and exits by it.
+    s.wait_idle_drivers(3);
+    let cli = |threshold: &str| {
+        Command::new(exe("loadwave"))
+            .args(["start", "--orchestrator", &s.url(""), "--wait", "--json"])
+            .args([
+                "--target-url",
+                &s.target.url("/ping"),
+                "--test-type",
+                "avalanche",
+            ])
+            .args([
+                "--drivers",
+                "3",
+                "--requests-per-driver",
+                "200",
+                "--threshold",
+                threshold,
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = cli("error_rate < 1%");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let view: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(u(&view["summary"]["requests"]), 600);
+    s.wait_idle_drivers(3);
+    let out = cli("p99 < 1us");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(s.target.requests(), 9300 + 1200);
+}
+
+#[test]
+fn a_killed_driver_is_named_lost_and_the_test_ends() {
+    let _serial = serial();
+    let mut s = Stack::new("lost", &brokers());
+    s.start_orchestrator(&[]);
+    for d in ["d1", "d2", "d3"] {
+        s.start_driver(d);
+    }
+    s.wait_idle_drivers(3);
+    // 400 requests at 10 ms: four seconds of load per driver.
+    let id = s.create(s.spec("tsunami", 3, 400, Some(10.0)));
+    // Kill d2 once it has reported some of its work.
+    let started = Instant::now();
+    loop {
+        let (_, view) = s.get(&format!("/tests/{id}"));
+        let reported = view["drivers"]
+            .as_array()
+            .and_then(|d| d.iter().find(|d| d["id"] == "d2"))
+            .and_then(|d| d["requests"].as_u64())
+            .unwrap_or(0);
+        if reported >= 50 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "d2 reported nothing: {view}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    s.driver("d2").kill9();
+    let view = s.wait_finished(&id, Duration::from_secs(60));
+    assert_eq!(view["status"], "completed", "the others finished: {view}");
+    let d2 = view["drivers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == "d2")
+        .unwrap()
+        .clone();
+    assert_eq!(d2["state"], "lost", "{view}");
+    let missing = u(&d2["missing_requests"]);
+    assert!(missing > 0 && missing < 400, "{d2}");
+    assert_eq!(u(&d2["requests"]) + missing, 400);
+    for d in view["drivers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["id"] != "d2")
+    {
+        assert_eq!(
+            (d["state"].as_str(), u(&d["requests"])),
+            (Some("completed"), 400),
+            "{d}"
+        );
+    }
+    // The lost driver's reported work is kept; the target saw at least all of it.
+    let total = u(&view["summary"]["requests"]);
+    assert_eq!(total, driver_sum(&view));
+    assert!(
+        total >= 800 + 100 && s.target.requests() >= total,
+        "{total}"
+    );
+    assert_eq!(view["verdict"]["passed"], false);
+    let reasons = view["verdict"]["reasons"].to_string();
+    assert!(reasons.contains("d2 was lost"), "{reasons}");
+}
+
+#[test]
+fn a_killed_orchestrator_resumes_and_completes_exactly() {
+    let _serial = serial();
+    let mut s = Stack::new("restart", &brokers());
+    s.start_orchestrator(&[]);
+    for d in ["d1", "d2", "d3"] {
+        s.start_driver(d);
+    }
+    s.wait_idle_drivers(3);
+    let id = s.create(s.spec("tsunami", 3, 300, Some(10.0)));
+    s.wait_status(&id, "running", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(1200));
+    s.orchestrator.as_mut().unwrap().kill9();
+    std::thread::sleep(Duration::from_millis(1500));
+    s.start_orchestrator(&[]);
+    let view = s.wait_finished(&id, Duration::from_secs(90));
+    assert_eq!(view["status"], "completed", "{view}");
+    assert_eq!(u(&view["summary"]["requests"]), 900, "{view}");
+    assert_eq!(s.target.requests(), 900);
+    assert!(
+        view["drivers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["state"] == "completed" && d["missing_reports"] == 0),
+        "{view}"
+    );
+    assert_eq!(view["verdict"]["passed"], true, "{view}");
+    // Finished results survive a restart too.
+    s.orchestrator.as_mut().unwrap().kill9();
+    s.start_orchestrator(&[]);
+    let (_, again) = s.get(&format!("/tests/{id}"));
+    assert_eq!(again["summary"], view["summary"]);
+}
+
+#[test]
+fn a_broker_outage_loses_no_report() {
+    let _serial = serial();
+    // A broker of this test's own, since it is stopped midway.
+    let port = free_port();
+    let controller_port = free_port();
+    let kafka = |action: &str| {
+        let status = Command::new("bash")
+            .arg(repo_root().join("scripts/kafka.sh"))
+            .arg(action)
+            .env("KAFKA_PORT", port.to_string())
+            .env("KAFKA_CONTROLLER_PORT", controller_port.to_string())
+            .env("KAFKA_HEAP", "256m")
+            .status()
+            .unwrap();
+        assert!(status.success(), "kafka.sh {action} failed");
+    };
+    struct Down<F: Fn(&str)>(F);
+    impl<F: Fn(&str)> Drop for Down<F> {
+        fn drop(&mut self) {
+            (self.0)("down");
+        }
+    }
+    kafka("up");
+    let broker = Down(kafka);
+    let mut s = Stack::new("outage", &format!("127.0.0.1:{port}"));
+    s.start_orchestrator(&[]);
+    s.start_driver("d1");
+    s.start_driver("d2");
+    s.wait_idle_drivers(2);
+    // 600 requests at 10 ms: six seconds of load per driver.
+    let id = s.create(s.spec("tsunami", 2, 600, Some(10.0)));
+    s.wait_status(&id, "running", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(1500));
+    (broker.0)("stop");
+    std::thread::sleep(Duration::from_secs(5));
+    (broker.0)("start");
+    let view = s.wait_finished(&id, Duration::from_secs(120));
+    assert_eq!(view["status"], "completed", "{view}{}", s.logs());
+    assert_eq!(u(&view["summary"]["requests"]), 1200, "{view}");
+    assert_eq!(s.target.requests(), 1200);
+    for d in view["drivers"].as_array().unwrap() {
+        assert_eq!(d["state"], "completed", "{d}");
+        assert_eq!(d["missing_reports"], 0, "{d}");
+    }
+    assert_eq!(view["verdict"]["passed"], true, "{view}");
+    drop(s);
+    drop(broker);
+}
+
+#[test]
+fn garbage_on_every_topic_crashes_nothing() {
+    let _serial = serial();
+    let mut s = Stack::new("garbage", &brokers());
+    s.start_orchestrator(&[]);
+    s.start_driver("d1");
+    s.start_driver("d2");
+    s.wait_idle_drivers(2);
+    // Garbage from a producer of our own: bytes, JSON that is no envelope, a future
+    // version, a well-formed report of a test nobody knows.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let bus = rt
+        .block_on(loadwave_kafka::KafkaBus::connect(
+            loadwave_kafka::KafkaConfig::new(brokers(), s.prefix.clone()),
+        ))
+        .unwrap();
+    let unknown = json!({"v": 1, "body": {"type": "metrics", "test_id": "nope", "driver_id": "d1", "seq": 0,
+        "final": true, "buckets": [], "totals": {"requests": 0, "errors": 0}, "elapsed_ms": 0,
+        "health": {"cpu_percent": 0.0, "cores": 1, "lag_ms_mean": 0.0, "lag_ms_max": 0.0, "saturated": false}}});
+    let payloads: Vec<Vec<u8>> = vec![
+        vec![0xff, 0x00, 0x13, 0x37],
+        b"{\"hello\": \"world\"}".to_vec(),
+        b"{\"v\": 99, \"body\": {}}".to_vec(),
+        b"{\"v\": 1, \"body\": {\"type\": \"trigger\", \"test_id\": 5}}".to_vec(),
+        Vec::new(),
+        unknown.to_string().into_bytes(),
+    ];
+    rt.block_on(async {
+        use loadwave_bus::Bus;
+        for topic in loadwave_proto::Topic::ALL {
+            for p in &payloads {
+                bus.publish_raw(topic, "garbage", p.clone()).await.unwrap();
+            }
+        }
+    });
+    // Everyone is still up, and a test runs normally.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(s.orchestrator.as_mut().unwrap().running(), "{}", s.logs());
+    for (_, d) in s.drivers.iter_mut() {
+        assert!(d.running());
+    }
+    s.wait_idle_drivers(2);
+    let id = s.create(s.spec("avalanche", 2, 500, None));
+    let view = s.wait_finished(&id, Duration::from_secs(60));
+    assert_eq!(view["status"], "completed", "{view}");
+    assert_eq!(u(&view["summary"]["requests"]), 1000);
+    assert_eq!(s.target.requests(), 1000);
+    let (_, health) = s.get("/healthz");
+    // The orchestrator reads register, heartbeat and metrics: 5 undecodable payloads each.
+    assert!(u(&health["bus"]["malformed"]) >= 15, "{health}");
+    assert!(u(&health["bus"]["unknown_test"]) >= 1, "{health}");
+}
+
+#[test]
+fn the_process_launcher_starts_dedicated_drivers() {
+    let _serial = serial();
+    let mut s = Stack::new("process", &brokers());
+    let logs = s.dir.join("drivers");
+    s.start_orchestrator(&[
+        "--launcher",
+        "process",
+        "--driver-log-dir",
+        logs.to_str().unwrap(),
+    ]);
+    let id = s.create(s.spec("avalanche", 2, 1000, None));
+    let view = s.wait_finished(&id, Duration::from_secs(60));
+    assert_eq!(view["status"], "completed", "{view}{}", s.logs());
+    assert_eq!(u(&view["summary"]["requests"]), 2000);
+    assert_eq!(s.target.requests(), 2000);
+    let ids: Vec<&str> = view["drivers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [format!("{id}-1"), format!("{id}-2")]);
+}
