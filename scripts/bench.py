@@ -6,8 +6,15 @@ connection count and the same target URL. Rounds interleave the tools so drift i
 machine's state hits all of them alike; the median round of each tool is reported, with
 loadwave's ratio to each peer.
 
+Then the distributed figures: three `loadwave-driver` processes over a real Kafka broker
+against `loadwave run` with the same total work (three drivers in one process), and the
+start skew across the drivers (spread of their first requests around the common start
+instant).
+
 Environment: CONNECTIONS (64), REQUESTS (200000, oha and loadwave), DURATION (5, seconds
-for wrk, which runs by time), ROUNDS (3), PORT (18181), BIN (target/release).
+for wrk, which runs by time), ROUNDS (3), PORT (18181), BIN (target/release),
+DIST_REQUESTS (50000 per driver), DIST_CONCURRENCY (16), BENCH_KAFKA_PORT (19192),
+ONLY (`http` or `distributed` to run one part).
 """
 
 import json
@@ -29,6 +36,10 @@ ROUNDS = int(os.environ.get("ROUNDS", "3"))
 PORT = int(os.environ.get("PORT", "18181"))
 URL = f"http://127.0.0.1:{PORT}/ping"
 TOOLS_BIN = os.path.expanduser("~/.cache/loadwave-tools/bin")
+DIST_REQUESTS = int(os.environ.get("DIST_REQUESTS", "50000"))
+DIST_CONCURRENCY = int(os.environ.get("DIST_CONCURRENCY", "16"))
+KAFKA_PORT = int(os.environ.get("BENCH_KAFKA_PORT", "19192"))
+ONLY = os.environ.get("ONLY", "")
 
 
 def pinned(core, argv):
@@ -80,14 +91,89 @@ def run_loadwave():
     return s["rps"], s["latency_ms"]["p50"], s["latency_ms"]["p99"]
 
 
-def wait_port():
-    for _ in range(100):
+def wait_port(port=PORT):
+    for _ in range(300):
         try:
-            socket.create_connection(("127.0.0.1", PORT), timeout=0.2).close()
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             return
         except OSError:
             time.sleep(0.1)
-    sys.exit(f"target did not come up on {PORT}")
+    sys.exit(f"nothing came up on {port}")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_json(url):
+    import urllib.request
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def kafka(action):
+    env = dict(os.environ, KAFKA_PORT=str(KAFKA_PORT), KAFKA_CONTROLLER_PORT=str(KAFKA_PORT + 1))
+    subprocess.run(["bash", os.path.join(ROOT, "scripts", "kafka.sh"), action], env=env, check=True)
+
+
+def distributed():
+    """3 drivers over Kafka vs `loadwave run` with 3 drivers, same total work."""
+    kafka("up")
+    procs = []
+    tmp = __import__("tempfile").mkdtemp(prefix="loadwave-bench-")
+    try:
+        api_port = free_port()
+        api = f"http://127.0.0.1:{api_port}"
+        prefix = f"bench{int(time.time())}."
+        brokers = f"127.0.0.1:{KAFKA_PORT}"
+        log = open(os.path.join(tmp, "stack.log"), "w")
+        procs.append(subprocess.Popen(
+            [os.path.join(BIN, "loadwave-orchestrator"), "--listen", f"127.0.0.1:{api_port}",
+             "--brokers", brokers, "--topic-prefix", prefix, "--data-dir", os.path.join(tmp, "data")],
+            stdout=log, stderr=log))
+        wait_port(api_port)
+        for i in range(3):
+            procs.append(subprocess.Popen(
+                pinned(1, [os.path.join(BIN, "loadwave-driver"), "--brokers", brokers,
+                           "--topic-prefix", prefix, "--driver-id", f"bench-{i + 1}"]),
+                stdout=log, stderr=log))
+        for _ in range(300):
+            if sum(d["state"] == "idle" for d in http_json(f"{api}/drivers")) >= 3:
+                break
+            time.sleep(0.1)
+        else:
+            sys.exit(f"drivers did not register; see {tmp}/stack.log")
+        spec = ["--target-url", URL, "--test-type", "avalanche", "--drivers", "3",
+                "--requests-per-driver", str(DIST_REQUESTS), "--concurrency", str(DIST_CONCURRENCY),
+                "--json", "--no-progress"]
+        loadwave = os.path.join(BIN, "loadwave")
+        print(f"\ndistributed: 3 drivers × {DIST_REQUESTS} requests, {DIST_CONCURRENCY} in flight each · "
+              f"drivers on core 1, target on core 0 · {ROUNDS} interleaved rounds")
+        runs = {"kafka": [], "run": []}
+        for r in range(ROUNDS):
+            for name, argv in (("kafka", [loadwave, "start", "--orchestrator", api, "--wait"] + spec),
+                               ("run", pinned(1, [loadwave, "run"] + spec))):
+                out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+                s = json.loads(out)["summary"]
+                assert s["requests"] == 3 * DIST_REQUESTS, f"{name} counted {s['requests']}"
+                runs[name].append((s["rps"], s.get("start_skew_ms") or 0.0))
+                print(f"  round {r + 1}  {name:<6} {s['rps']:>11,.0f} rps  start skew "
+                      f"{s.get('start_skew_ms') or 0.0:6.3f} ms", flush=True)
+        kafka_rps = statistics.median(x[0] for x in runs["kafka"])
+        run_rps = statistics.median(x[0] for x in runs["run"])
+        skews = [x[1] for x in runs["kafka"]]
+        print()
+        print(f"3 drivers over Kafka / loadwave run rps: {kafka_rps / run_rps:.2f}x   (goal >= 0.95x)")
+        print(f"start skew across drivers over Kafka: median {statistics.median(skews):.3f} ms, "
+              f"max {max(skews):.3f} ms   (goal <= 5 ms)")
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait()
+        kafka("down")
 
 
 def main():
@@ -102,32 +188,40 @@ def main():
     )
     try:
         wait_port()
-        print(f"target: 1 thread on core 0 · load: core 1 · {CONNECTIONS} connections · "
-              f"{REQUESTS} requests (wrk: {DURATION} s) · {ROUNDS} interleaved rounds")
-        runs = {"wrk": [], "oha": [], "loadwave": []}
-        for r in range(ROUNDS):
-            for name, fn in (("wrk", run_wrk), ("oha", lambda: run_oha(oha)),
-                             ("loadwave", run_loadwave)):
-                rps, p50, p99 = fn()
-                runs[name].append((rps, p50, p99))
-                print(f"  round {r + 1}  {name:<9} {rps:>11,.0f} rps  p50 {p50:7.3f} ms  "
-                      f"p99 {p99:7.3f} ms", flush=True)
-        med = {name: sorted(v)[len(v) // 2] for name, v in runs.items()}
-        print()
-        print(f"{'median':<10}{'rps':>12}{'p50 ms':>10}{'p99 ms':>10}")
-        for name, (rps, p50, p99) in med.items():
-            print(f"{name:<10}{rps:>12,.0f}{p50:>10.3f}{p99:>10.3f}")
-        lw = med["loadwave"][0]
-        print()
-        print(f"loadwave / oha rps: {lw / med['oha'][0]:.2f}x   (goal >= 1.00x)")
-        print(f"loadwave / wrk rps: {lw / med['wrk'][0]:.2f}x   (goal >= 0.90x)")
-        spread = {n: statistics.pstdev([x[0] for x in v]) / statistics.mean([x[0] for x in v])
-                  for n, v in runs.items()}
-        print("round-to-round spread (stdev/mean): "
-              + ", ".join(f"{n} {s:.1%}" for n, s in spread.items()))
+        if ONLY != "distributed":
+            peers(oha)
+        if ONLY != "http":
+            distributed()
     finally:
         target.terminate()
         target.wait()
+
+
+def peers(oha):
+    """One loadwave driver against wrk and oha."""
+    print(f"target: 1 thread on core 0 · load: core 1 · {CONNECTIONS} connections · "
+          f"{REQUESTS} requests (wrk: {DURATION} s) · {ROUNDS} interleaved rounds")
+    runs = {"wrk": [], "oha": [], "loadwave": []}
+    for r in range(ROUNDS):
+        for name, fn in (("wrk", run_wrk), ("oha", lambda: run_oha(oha)),
+                         ("loadwave", run_loadwave)):
+            rps, p50, p99 = fn()
+            runs[name].append((rps, p50, p99))
+            print(f"  round {r + 1}  {name:<9} {rps:>11,.0f} rps  p50 {p50:7.3f} ms  "
+                  f"p99 {p99:7.3f} ms", flush=True)
+    med = {name: sorted(v)[len(v) // 2] for name, v in runs.items()}
+    print()
+    print(f"{'median':<10}{'rps':>12}{'p50 ms':>10}{'p99 ms':>10}")
+    for name, (rps, p50, p99) in med.items():
+        print(f"{name:<10}{rps:>12,.0f}{p50:>10.3f}{p99:>10.3f}")
+    lw = med["loadwave"][0]
+    print()
+    print(f"loadwave / oha rps: {lw / med['oha'][0]:.2f}x   (goal >= 1.00x)")
+    print(f"loadwave / wrk rps: {lw / med['wrk'][0]:.2f}x   (goal >= 0.90x)")
+    spread = {n: statistics.pstdev([x[0] for x in v]) / statistics.mean([x[0] for x in v])
+              for n, v in runs.items()}
+    print("round-to-round spread (stdev/mean): "
+          + ", ".join(f"{n} {s:.1%}" for n, s in spread.items()))
 
 
 if __name__ == "__main__":
