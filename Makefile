@@ -1,15 +1,17 @@
 # loadwave — developer entry points. Every target is a thin wrapper over scripts/.
 #
-#   make local       build, start the target server, run a demo Avalanche and Tsunami test
+#   make local       the native stack (Kafka, orchestrator, 3 drivers, target) and two demo tests
 #   make local-down  stop what `make local` started
-#   make test        everything CI runs: build once, unit and integration tests
+#   make kafka-up    a single-node Kafka broker (KRaft) on 127.0.0.1:$KAFKA_PORT (9092)
+#   make kafka-down  stop it
+#   make test        everything CI runs: build once, start Kafka, unit and integration tests
 #   make lint        rustfmt and clippy, warnings denied
 #   make bench       loadwave against wrk and oha on this machine, interleaved
 
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: local local-down test lint bench build build-release
+.PHONY: local local-down kafka-up kafka-down test lint bench build build-release
 
 build:
 	$(CARGO) build --workspace --bins --tests
@@ -22,6 +24,12 @@ local:
 
 local-down:
 	bash scripts/local.sh down
+
+kafka-up:
+	bash scripts/kafka.sh up
+
+kafka-down:
+	bash scripts/kafka.sh down
 
 test:
 	bash scripts/test.sh

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use loadwave_core::{TestView, TimelinePoint};
+use loadwave_proto::threshold::{Metric, Threshold};
 
 /// Escapes text for HTML.
 fn esc(s: &str) -> String {
@@ -131,6 +132,16 @@ fn chart(points: &[TimelinePoint], title: &str, series: &[Series<'_>], bars: boo
     out
 }
 
+/// A check's measured value in the unit its threshold speaks.
+fn measured(threshold: &str, actual: f64) -> String {
+    match Threshold::parse(threshold).map(|t| t.metric) {
+        Ok(Metric::ErrorRate) => format!("{:.3}%", actual * 100.0),
+        Ok(Metric::Rps) => format!("{actual:.1} rps"),
+        Ok(Metric::Requests | Metric::Errors) => format!("{actual:.0}"),
+        _ => ms(actual),
+    }
+}
+
 /// Renders the report.
 pub fn render(v: &TestView) -> String {
     let s = &v.summary;
@@ -238,9 +249,9 @@ figure{{margin:1rem 0}}figcaption{{font-weight:600}}li.warn{{color:#8a5300}}</st
     for d in &v.drivers {
         let _ = write!(
             o,
-            "<tr><td>{}</td><td>{:?}{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}%{}</td></tr>",
+            "<tr><td>{}</td><td>{}{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}%{}</td></tr>",
             esc(&d.id),
-            d.state,
+            format!("{:?}", d.state).to_lowercase(),
             if d.missing_requests > 0 {
                 format!(" ({} missing)", d.missing_requests)
             } else {
@@ -268,10 +279,10 @@ figure{{margin:1rem 0}}figcaption{{font-weight:600}}li.warn{{color:#8a5300}}</st
         for c in &vd.checks {
             let _ = write!(
                 o,
-                "<li>{} <code>{}</code> — measured {:.3}</li>",
+                "<li>{} <code>{}</code> — measured {}</li>",
                 if c.passed { "✓" } else { "✗" },
                 esc(&c.threshold),
-                c.actual
+                measured(&c.threshold, c.actual)
             );
         }
         for r in &vd.reasons {

@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 
 use loadwave_core::{DriverPhase, TestStatus, TestView};
+use loadwave_proto::threshold::{Metric, Threshold};
 
 /// `12345` → `12,345`.
 pub fn thousands(n: u64) -> String {
@@ -221,16 +222,10 @@ pub fn summary_table(view: &TestView) -> String {
 }
 
 fn format_actual(threshold: &str, actual: f64) -> String {
-    let metric = threshold
-        .split(['<', '>'])
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    match metric.as_str() {
-        "error_rate" => format!("{:.3}%", actual * 100.0),
-        "rps" => format!("{actual:.1}"),
-        "requests" | "errors" => thousands(actual as u64),
+    match Threshold::parse(threshold).map(|t| t.metric) {
+        Ok(Metric::ErrorRate) => format!("{:.3}%", actual * 100.0),
+        Ok(Metric::Rps) => format!("{actual:.1}"),
+        Ok(Metric::Requests | Metric::Errors) => thousands(actual as u64),
         _ => ms(actual),
     }
 }
