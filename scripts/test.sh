@@ -20,4 +20,13 @@ bash "$ROOT/scripts/kafka.sh" up
 export KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
 
 log "running the tests (Kafka at $KAFKA_BROKERS)"
-cargo test --workspace --locked -- --test-threads 2
+out="$STATE_DIR/test-output.txt"
+set +e
+cargo test --workspace --locked -- --test-threads 2 2>&1 | tee "$out"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line over every test binary (cargo prints one per binary, the last often a
+# crate's empty doc-test run).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$out"
+exit "$status"
