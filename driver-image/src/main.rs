@@ -69,12 +69,9 @@ async fn main() -> anyhow::Result<()> {
     let mut config = KafkaConfig::new(&args.brokers, &args.topic_prefix);
     // A driver joining late must not replay old tests' configurations and triggers.
     config.auto_offset_reset = "latest".to_string();
-    for option in &args.kafka_options {
-        let (k, v) = option
-            .split_once('=')
-            .with_context(|| format!("--kafka-option `{option}` is not KEY=VALUE"))?;
-        config.options.insert(k.to_string(), v.to_string());
-    }
+    config
+        .add_options(&args.kafka_options)
+        .map_err(anyhow::Error::msg)?;
     let bus: Arc<dyn Bus> = Arc::new(
         KafkaBus::connect(config)
             .await

@@ -63,6 +63,20 @@ impl KafkaConfig {
         }
     }
 
+    /// Adds raw librdkafka options given as `key=value` (the `--kafka-option` flag of the
+    /// binaries); names the first that is not of that form.
+    pub fn add_options<S: AsRef<str>>(&mut self, options: &[S]) -> Result<(), String> {
+        for option in options {
+            let option = option.as_ref();
+            let (k, v) = option
+                .split_once('=')
+                .filter(|(k, _)| !k.trim().is_empty())
+                .ok_or_else(|| format!("--kafka-option `{option}` is not KEY=VALUE"))?;
+            self.options.insert(k.trim().to_string(), v.to_string());
+        }
+        Ok(())
+    }
+
     /// The full name of `topic`.
     pub fn topic_name(&self, topic: Topic) -> String {
         format!("{}{}", self.topic_prefix, topic.name())
@@ -278,5 +292,28 @@ async fn pump(
         {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_carry_the_prefix() {
+        let c = KafkaConfig::new("b:9092", "dev.");
+        assert_eq!(c.topic_name(Topic::TestConfig), "dev.test_config");
+        assert_eq!(c.topic_name(Topic::Heartbeat), "dev.heartbeat");
+    }
+
+    #[test]
+    fn raw_options_must_be_key_value() {
+        let mut c = KafkaConfig::new("b:9092", "");
+        c.add_options(&["security.protocol=SSL", "a=b=c"]).unwrap();
+        assert_eq!(c.options["security.protocol"], "SSL");
+        assert_eq!(c.options["a"], "b=c");
+        let err = c.add_options(&["novalue"]).unwrap_err();
+        assert!(err.contains("novalue"), "{err}");
+        assert!(c.add_options(&["=x"]).is_err());
     }
 }

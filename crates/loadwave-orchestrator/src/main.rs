@@ -81,12 +81,9 @@ async fn main() -> anyhow::Result<()> {
         .init();
 
     let mut kafka = KafkaConfig::new(&args.brokers, &args.topic_prefix);
-    for option in &args.kafka_options {
-        let (k, v) = option
-            .split_once('=')
-            .with_context(|| format!("--kafka-option `{option}` is not KEY=VALUE"))?;
-        kafka.options.insert(k.to_string(), v.to_string());
-    }
+    kafka
+        .add_options(&args.kafka_options)
+        .map_err(anyhow::Error::msg)?;
     let bus: Arc<dyn Bus> = Arc::new(
         KafkaBus::connect(kafka)
             .await

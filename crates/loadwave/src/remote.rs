@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::exit;
-use crate::render::{progress_line, summary_table, thousands};
+use crate::render::{print_view, progress_line, thousands};
 use crate::run::exit_code;
 use crate::spec_args::SpecArgs;
 
@@ -203,13 +203,8 @@ pub fn start(remote: &Remote, args: StartArgs) -> u8 {
     let show_progress = !args.no_progress && std::io::stderr().is_terminal();
     match follow(&client, &created.id, show_progress) {
         Ok(view) => {
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&view).expect("views serialize")
-                );
-            } else {
-                print!("{}", summary_table(&view));
+            print_view(&view, args.json);
+            if !args.json {
                 println!(
                     "  report        {}",
                     client.url(&format!("/tests/{}/report", view.id))
@@ -288,14 +283,7 @@ pub fn status(remote: &Remote, args: StatusArgs) -> u8 {
     let client = Client::new(remote);
     match client.json::<TestView>("GET", &format!("/tests/{}", args.id), None) {
         Ok(view) => {
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&view).expect("views serialize")
-                );
-            } else {
-                print!("{}", summary_table(&view));
-            }
+            print_view(&view, args.json);
             exit::PASS
         }
         Err(f) => fail(f),

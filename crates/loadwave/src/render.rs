@@ -79,6 +79,18 @@ pub fn progress_line(view: &TestView, now_ms: u64) -> String {
     line
 }
 
+/// Prints a test on stdout: its JSON (as the REST API shows it) or the summary table.
+pub fn print_view(view: &TestView, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(view).expect("views serialize")
+        );
+    } else {
+        print!("{}", summary_table(view));
+    }
+}
+
 /// The end-of-test summary.
 pub fn summary_table(view: &TestView) -> String {
     let spec = &view.spec;

@@ -13,7 +13,7 @@ use loadwave_proto::unix_ms_now;
 use tokio_util::sync::CancellationToken;
 
 use crate::exit;
-use crate::render::{progress_line, summary_table};
+use crate::render::{print_view, progress_line};
 use crate::spec_args::SpecArgs;
 
 /// Flags of `loadwave run`.
@@ -56,14 +56,7 @@ pub fn main(args: RunArgs) -> u8 {
             return exit::ERROR;
         }
     };
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&view).expect("views serialize")
-        );
-    } else {
-        print!("{}", summary_table(&view));
-    }
+    print_view(&view, args.json);
     exit_code(&view)
 }
 
