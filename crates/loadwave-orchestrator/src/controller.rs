@@ -11,7 +11,7 @@
 //! Once a second the controller publishes a [`Tick`] on the heartbeat topic; reading it
 //! back advances every test's bus clock (see [`TestState::observe_clock`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -149,7 +149,11 @@ struct DriverEntry {
 struct Inner {
     tests: BTreeMap<String, TestState>,
     drivers: BTreeMap<String, DriverEntry>,
-    dirty: BTreeSet<String>,
+    /// Tests changed since their last snapshot, with the number of the latest change.
+    dirty: BTreeMap<String, u64>,
+    /// Changes counted so far; a snapshot clears a test's dirt only if no change came
+    /// after the state it wrote (a stop can arrive while a snapshot is being written).
+    changes: u64,
     persisted_status: HashMap<String, TestStatus>,
     last_persist_ms: HashMap<String, u64>,
     outbox: Vec<Message>,
@@ -177,11 +181,15 @@ impl Inner {
             .count()
     }
 
+    /// Notes that test `id` changed and needs a snapshot.
+    fn touch(&mut self, id: &str) {
+        self.changes += 1;
+        self.dirty.insert(id.to_string(), self.changes);
+    }
+
     fn mark(&mut self, id: &str, applied: Applied) {
         match applied {
-            Applied::Changed => {
-                self.dirty.insert(id.to_string());
-            }
+            Applied::Changed => self.touch(id),
             Applied::Rejected(reason) => {
                 self.stats.rejected += 1;
                 tracing::warn!(test_id = id, %reason, "report rejected");
@@ -362,7 +370,7 @@ impl Orchestrator {
             let messages = test.request_stop(unix_ms_now());
             let view = test.view();
             inner.outbox.extend(messages);
-            inner.dirty.insert(id.to_string());
+            inner.touch(id);
             view
         };
         self.wake.notify_one();
@@ -523,7 +531,7 @@ impl Orchestrator {
                 out.extend(test.poll(now));
                 if test.status() != before {
                     tracing::info!(test_id = %id, from = before.as_str(), to = test.status().as_str(), "test status");
-                    inner.dirty.insert(id);
+                    inner.touch(&id);
                 }
             }
             out
@@ -583,37 +591,36 @@ impl Orchestrator {
                 Acquired::Failed(reason) => test.fail(reason, now),
             };
             inner.outbox.extend(messages);
-            inner.dirty.insert(id);
+            inner.touch(&id);
         }
     }
 
     /// Writes dirty tests: at once when their status changed (or `all`), otherwise at
     /// most every `persist_every_ms`. Returns whether nothing is left unwritten.
     async fn persist(&self, now: u64, all: bool) -> bool {
-        let due: Vec<TestState> = {
+        let due: Vec<(TestState, u64)> = {
             let inner = self.lock();
             inner
                 .dirty
                 .iter()
-                .filter_map(|id| inner.tests.get(id))
-                .filter(|t| {
+                .filter_map(|(id, change)| inner.tests.get(id).map(|t| (t, *change)))
+                .filter(|(t, _)| {
                     all || inner.persisted_status.get(t.id()) != Some(&t.status())
                         || now
                             >= inner.last_persist_ms.get(t.id()).copied().unwrap_or(0)
                                 + self.options.persist_every_ms
                 })
-                .cloned()
+                .map(|(t, change)| (t.clone(), change))
                 .collect()
         };
-        for state in due {
+        for (state, change) in due {
             match self.store.save(&state).await {
                 Ok(()) => {
                     let mut inner = self.lock();
                     let id = state.id().to_string();
                     inner.persisted_status.insert(id.clone(), state.status());
                     inner.last_persist_ms.insert(id.clone(), now);
-                    // Changed again meanwhile? Then it stays dirty.
-                    if inner.tests.get(&id).map(|t| t.status()) == Some(state.status()) {
+                    if inner.dirty.get(&id) == Some(&change) {
                         inner.dirty.remove(&id);
                     }
                 }

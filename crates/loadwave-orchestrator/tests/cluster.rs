@@ -97,15 +97,14 @@ impl Stack {
             &mut cmd,
             &self.dir.join("orchestrator.log"),
         ));
-        let started = Instant::now();
-        while self.get("/healthz").0 != 200 {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "orchestrator did not come up: {}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.poll_until(
+            Duration::from_secs(30),
+            "orchestrator did not come up",
+            || {
+                let (status, health) = self.get("/healthz");
+                if status == 200 { Ok(()) } else { Err(health) }
+            },
+        );
     }
 
     fn start_driver(&mut self, id: &str) {
@@ -179,24 +178,38 @@ impl Stack {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
-    fn wait_idle_drivers(&self, n: usize) {
+    /// Polls `probe` every 100 ms until it yields a value; fails after `limit`, with the
+    /// last thing it looked at and every log of the stack.
+    fn poll_until<T>(
+        &self,
+        limit: Duration,
+        what: &str,
+        mut probe: impl FnMut() -> Result<T, Value>,
+    ) -> T {
         let started = Instant::now();
         loop {
-            let (_, drivers) = self.get("/drivers");
-            let idle = drivers
-                .as_array()
-                .map(|d| d.iter().filter(|d| d["state"] == "idle").count())
-                .unwrap_or(0);
-            if idle >= n {
-                return;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "{idle} of {n} drivers idle: {drivers}{}",
-                self.logs()
-            );
+            let last = match probe() {
+                Ok(found) => return found,
+                Err(last) => last,
+            };
+            assert!(started.elapsed() < limit, "{what}: {last}{}", self.logs());
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    fn wait_idle_drivers(&self, n: usize) {
+        self.poll_until(
+            Duration::from_secs(30),
+            &format!("{n} drivers never idle"),
+            || {
+                let (_, drivers) = self.get("/drivers");
+                let idle = drivers
+                    .as_array()
+                    .map(|d| d.iter().filter(|d| d["state"] == "idle").count())
+                    .unwrap_or(0);
+                if idle >= n { Ok(()) } else { Err(drivers) }
+            },
+        )
     }
 
     fn create(&self, spec: Value) -> String {
@@ -205,39 +218,33 @@ impl Stack {
         view["id"].as_str().unwrap().to_string()
     }
 
-    fn wait_status(&self, id: &str, status: &str, limit: Duration) {
-        let started = Instant::now();
-        loop {
+    /// Polls the test until `done` holds for its view; returns that view.
+    fn wait_test(
+        &self,
+        id: &str,
+        limit: Duration,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        self.poll_until(limit, what, || {
             let (_, view) = self.get(&format!("/tests/{id}"));
-            if view["status"] == status {
-                return;
-            }
-            assert!(
-                started.elapsed() < limit,
-                "test never {status}: {view}{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            if done(&view) { Ok(view) } else { Err(view) }
+        })
+    }
+
+    fn wait_status(&self, id: &str, status: &str, limit: Duration) {
+        self.wait_test(id, limit, &format!("test never {status}"), |v| {
+            v["status"] == status
+        });
     }
 
     fn wait_finished(&self, id: &str, limit: Duration) -> Value {
-        let started = Instant::now();
-        loop {
-            let (_, view) = self.get(&format!("/tests/{id}"));
-            if matches!(
-                view["status"].as_str(),
+        self.wait_test(id, limit, "test did not finish", |v| {
+            matches!(
+                v["status"].as_str(),
                 Some("completed" | "failed" | "stopped")
-            ) {
-                return view;
-            }
-            assert!(
-                started.elapsed() < limit,
-                "test did not finish: {view}{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+            )
+        })
     }
 
     fn spec(&self, test_type: &str, drivers: u32, requests: u64, delay_ms: Option<f64>) -> Value {
@@ -376,23 +383,13 @@ fn a_killed_driver_is_named_lost_and_the_test_ends() {
     // 400 requests at 10 ms: four seconds of load per driver.
     let id = s.create(s.spec("tsunami", 3, 400, Some(10.0)));
     // Kill d2 once it has reported some of its work.
-    let started = Instant::now();
-    loop {
-        let (_, view) = s.get(&format!("/tests/{id}"));
-        let reported = view["drivers"]
+    s.wait_test(&id, Duration::from_secs(30), "d2 reported nothing", |v| {
+        v["drivers"]
             .as_array()
             .and_then(|d| d.iter().find(|d| d["id"] == "d2"))
             .and_then(|d| d["requests"].as_u64())
-            .unwrap_or(0);
-        if reported >= 50 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "d2 reported nothing: {view}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+            .is_some_and(|n| n >= 50)
+    });
     s.driver("d2").kill9();
     let view = s.wait_finished(&id, Duration::from_secs(60));
     assert_eq!(view["status"], "completed", "the others finished: {view}");
