@@ -2,6 +2,9 @@
 #
 #   make local       the native stack (Kafka, orchestrator, 3 drivers, target) and two demo tests
 #   make local-down  stop what `make local` started
+#   make local-aws   the AWS shape without an account: the Lambda binaries under AWS's runtime
+#                    interface emulator, moto for S3 and ECS, a real Kafka for MSK
+#   make local-aws-down  stop it
 #   make kafka-up    a single-node Kafka broker (KRaft) on 127.0.0.1:$KAFKA_PORT (9092)
 #   make kafka-down  stop it
 #   make test        everything CI runs: build once, start Kafka, unit and integration tests
@@ -11,7 +14,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: local local-down kafka-up kafka-down test lint bench build build-release
+.PHONY: local local-down local-aws local-aws-down kafka-up kafka-down test lint bench build build-release
 
 build:
 	$(CARGO) build --workspace --bins --tests
@@ -24,6 +27,12 @@ local:
 
 local-down:
 	bash scripts/local.sh down
+
+local-aws:
+	bash scripts/local-aws.sh up
+
+local-aws-down:
+	bash scripts/local-aws.sh down
 
 kafka-up:
 	bash scripts/kafka.sh up

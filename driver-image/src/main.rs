@@ -7,8 +7,14 @@
 //! reported) before the process exits.
 //!
 //! ```text
-//! loadwave-driver --brokers 127.0.0.1:9092 [--topic-prefix P] [--test-id ID] [--driver-id ID]
+//! loadwave-driver --brokers 127.0.0.1:9092 [--topic-prefix P] [--kafka-auth none|tls|msk-iam]
+//!                 [--test-id ID] [--driver-id ID]
 //! ```
+//!
+//! Every flag is also read from the environment (`KAFKA_BROKERS`, `LOADWAVE_TEST_ID`, …),
+//! which is how an ECS task is configured. On ECS the driver id is its task's id, read
+//! from the task metadata endpoint (`ECS_CONTAINER_METADATA_URI_V4`), so the launcher
+//! knows it from `RunTask`'s answer.
 
 use std::sync::Arc;
 
@@ -16,7 +22,7 @@ use anyhow::Context;
 use clap::Parser;
 use loadwave_bus::Bus;
 use loadwave_engine::{AgentConfig, AgentMode, SysMonitor, run_agent};
-use loadwave_kafka::{KafkaBus, KafkaConfig};
+use loadwave_kafka::{KafkaArgs, KafkaBus};
 use tokio_util::sync::CancellationToken;
 
 /// Command-line options.
@@ -27,21 +33,42 @@ use tokio_util::sync::CancellationToken;
     about = "A loadwave driver node over Kafka"
 )]
 struct Args {
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
-    brokers: String,
-    /// Prefix of the topic names (and consumer groups).
-    #[arg(long, env = "LOADWAVE_TOPIC_PREFIX", default_value = "")]
-    topic_prefix: String,
+    #[command(flatten)]
+    kafka: KafkaArgs,
     /// Serve this test only, then exit.
     #[arg(long, env = "LOADWAVE_TEST_ID")]
     test_id: Option<String>,
-    /// This driver's id (default: host name, process id and a random suffix).
+    /// This driver's id (default: the ECS task's id on ECS, else host name, process id
+    /// and a random suffix).
     #[arg(long, env = "LOADWAVE_DRIVER_ID")]
     driver_id: Option<String>,
-    /// A raw librdkafka option `key=value`, applied last; repeatable.
-    #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
-    kafka_options: Vec<String>,
+}
+
+/// The task ARN from the ECS task metadata endpoint (v4), if this runs in an ECS task.
+/// A plain HTTP/1.0 GET: the endpoint is a link-local plain-HTTP service.
+async fn ecs_task_arn() -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let base = std::env::var("ECS_CONTAINER_METADATA_URI_V4").ok()?;
+    let rest = base.strip_prefix("http://")?;
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let fetch = async {
+        let mut stream = tokio::net::TcpStream::connect(authority).await.ok()?;
+        let request = format!("GET /{path}/task HTTP/1.0\r\nHost: {authority}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.ok()?;
+        let text = String::from_utf8_lossy(&response);
+        let body = text.split_once("\r\n\r\n")?.1;
+        let doc: serde_json::Value = serde_json::from_str(body).ok()?;
+        doc.get("TaskARN")?.as_str().map(str::to_string)
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(5), fetch).await {
+        Ok(Some(arn)) => Some(arn),
+        _ => {
+            tracing::warn!(%base, "ECS task metadata did not name the task; using a generated driver id");
+            None
+        }
+    }
 }
 
 fn host_name() -> String {
@@ -62,20 +89,23 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let host = host_name();
-    let driver_id = args.driver_id.clone().unwrap_or_else(|| {
-        let suffix = uuid::Uuid::new_v4().simple().to_string();
-        format!("{host}-{}-{}", std::process::id(), &suffix[..6])
-    });
-    let mut config = KafkaConfig::new(&args.brokers, &args.topic_prefix);
+    let driver_id = match args.driver_id.clone() {
+        Some(id) => id,
+        None => match ecs_task_arn().await {
+            Some(arn) => loadwave_proto::ecs_task_driver_id(&arn),
+            None => {
+                let suffix = uuid::Uuid::new_v4().simple().to_string();
+                format!("{host}-{}-{}", std::process::id(), &suffix[..6])
+            }
+        },
+    };
+    let mut config = args.kafka.config().map_err(anyhow::Error::msg)?;
     // A driver joining late must not replay old tests' configurations and triggers.
     config.auto_offset_reset = "latest".to_string();
-    config
-        .add_options(&args.kafka_options)
-        .map_err(anyhow::Error::msg)?;
     let bus: Arc<dyn Bus> = Arc::new(
         KafkaBus::connect(config)
             .await
-            .with_context(|| format!("cannot reach Kafka at {}", args.brokers))?,
+            .with_context(|| format!("cannot reach Kafka at {}", args.kafka.brokers))?,
     );
     let mode = match args.test_id {
         Some(id) => AgentMode::Dedicated(id),

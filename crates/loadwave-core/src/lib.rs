@@ -7,15 +7,24 @@
 //! the merged summary (exact counts, percentiles from merged histograms), the per-second
 //! timeline, each driver's part and the threshold verdict.
 //!
+//! [`ControllerCore`] holds every test plus the driver registry and says what to publish,
+//! persist and acknowledge; the orchestrator's Kafka loop and the Lambda controller are
+//! shells around it.
+//!
 //! The core does no I/O of its own except [`session::drive`], which runs one test over a
 //! [`loadwave_bus::Bus`]; the orchestrator service and the Lambda controller drive the
 //! same state machine from their own loops.
 
 pub mod aggregate;
+pub mod controller;
 pub mod session;
 pub mod state;
 pub mod view;
 
 pub use aggregate::{Aggregate, Latency};
-pub use state::{Applied, DriverPhase, TestOptions, TestState, TestStatus};
+pub use controller::{
+    Acquired, BusStats, ControllerCore, ControllerOptions, DriverInfo, DriverRequest, StopError,
+    TestListItem,
+};
+pub use state::{Applied, DriverPhase, DriverSlot, TestOptions, TestState, TestStatus};
 pub use view::{Check, DriverView, Summary, TestView, TimelinePoint, Verdict};

@@ -143,12 +143,39 @@ pub(crate) struct DriverTrack {
     pub(crate) start_delay_us: Option<u64>,
     /// Bus-alive time when it was last heard from.
     seen_alive_ms: u64,
+    /// What the launcher knows it by (an ECS task ARN), to stop or inspect it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) handle: Option<String>,
+    /// Why it ended early, as its launcher tells it (an ECS task's stop reason).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) note: Option<String>,
+}
+
+/// A driver a launcher found or started for a test.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriverSlot {
+    /// The driver's id: the one it registers with.
+    pub id: String,
+    /// What the launcher knows it by (an ECS task ARN), if anything.
+    pub handle: Option<String>,
+}
+
+impl DriverSlot {
+    /// A driver known by its id alone (a pool driver, a local process).
+    pub fn id(id: impl Into<String>) -> Self {
+        DriverSlot {
+            id: id.into(),
+            handle: None,
+        }
+    }
 }
 
 impl DriverTrack {
-    fn new(id: String, now_ms: u64) -> Self {
+    fn new(slot: DriverSlot, now_ms: u64) -> Self {
         DriverTrack {
-            id,
+            id: slot.id,
+            handle: slot.handle,
+            note: None,
             phase: DriverPhase::Waiting,
             last_seen_ms: now_ms,
             config_sent_ms: None,
@@ -193,6 +220,11 @@ pub struct TestState {
     pub(crate) start_at_ms: Option<u64>,
     pub(crate) finished_at_ms: Option<u64>,
     pub(crate) stop_requested: bool,
+    /// When the last start or stop trigger went out: both are re-sent every
+    /// `config_resend_ms` until every driver acted on them, so a lost trigger (or one that
+    /// a crash kept from being published) cannot strand a test.
+    #[serde(default)]
+    trigger_sent_ms: Option<u64>,
     pub(crate) drivers: Vec<DriverTrack>,
     pub(crate) total: Aggregate,
     pub(crate) timeline: BTreeMap<u32, Aggregate>,
@@ -228,9 +260,10 @@ impl TestState {
             start_at_ms: None,
             finished_at_ms: None,
             stop_requested: false,
+            trigger_sent_ms: None,
             drivers: driver_ids
                 .into_iter()
-                .map(|d| DriverTrack::new(d, now_ms))
+                .map(|d| DriverTrack::new(DriverSlot::id(d), now_ms))
                 .collect(),
             total: Aggregate::default(),
             timeline: BTreeMap::new(),
@@ -242,13 +275,56 @@ impl TestState {
 
     /// Assigns drivers to a test created without them (a pool that had too few idle
     /// drivers at the time). Ignored once drivers are assigned or the test has ended.
-    pub fn assign_drivers(&mut self, driver_ids: Vec<String>, now_ms: u64) {
+    pub fn assign_drivers(&mut self, drivers: Vec<DriverSlot>, now_ms: u64) {
         if self.drivers.is_empty() && self.status == TestStatus::Pending {
-            self.drivers = driver_ids
+            self.drivers = drivers
                 .into_iter()
                 .map(|d| DriverTrack::new(d, now_ms))
                 .collect();
         }
+    }
+
+    /// The assigned drivers with their launcher handles.
+    pub fn driver_slots(&self) -> Vec<DriverSlot> {
+        self.drivers
+            .iter()
+            .map(|d| DriverSlot {
+                id: d.id.clone(),
+                handle: d.handle.clone(),
+            })
+            .collect()
+    }
+
+    /// Launcher handles of the drivers that have not finished their part.
+    pub fn unfinished_handles(&self) -> Vec<String> {
+        self.drivers
+            .iter()
+            .filter(|d| !d.phase.is_terminal())
+            .filter_map(|d| d.handle.clone())
+            .collect()
+    }
+
+    /// The launcher says the driver known by `handle` is gone (its ECS task stopped) for
+    /// `reason`. One that had not finished its part is lost at once, the reason shown
+    /// beside it; its data so far is kept. Returns whether anything changed.
+    pub fn driver_gone(&mut self, handle: &str, reason: &str) -> bool {
+        if self.is_finished() {
+            return false;
+        }
+        let Some(d) = self
+            .drivers
+            .iter_mut()
+            .find(|d| d.handle.as_deref() == Some(handle))
+        else {
+            return false;
+        };
+        if d.phase.is_terminal() {
+            return false;
+        }
+        tracing::warn!(test_id = %self.id, driver = %d.id, %reason, "driver gone");
+        d.phase = DriverPhase::Lost;
+        d.note = Some(reason.to_string());
+        true
     }
 
     /// The ids of the assigned drivers.
@@ -441,6 +517,7 @@ impl TestState {
             return Vec::new();
         }
         self.stop_requested = true;
+        self.trigger_sent_ms = Some(now_ms);
         if self.status == TestStatus::Pending {
             self.finish(TestStatus::Stopped, now_ms);
         }
@@ -503,6 +580,7 @@ impl TestState {
                     for d in &mut self.drivers {
                         d.seen(now_ms, alive);
                     }
+                    self.trigger_sent_ms = Some(now_ms);
                     out.push(self.trigger(TriggerAction::Start { start_at_ms }));
                 } else if now_ms >= self.created_at_ms + self.options.registration_timeout_ms {
                     self.error = Some(format!(
@@ -517,6 +595,31 @@ impl TestState {
                 }
             }
             TestStatus::Running => {
+                let resend_due = self
+                    .trigger_sent_ms
+                    .is_none_or(|t| now_ms >= t + self.options.config_resend_ms);
+                if resend_due {
+                    let action = if self.stop_requested {
+                        // Drivers still sending have not seen the stop.
+                        self.drivers
+                            .iter()
+                            .any(|d| !d.phase.is_terminal())
+                            .then_some(TriggerAction::Stop)
+                    } else {
+                        // Drivers that confirmed their configuration but never said they
+                        // run have not seen the start; a late start still runs the test.
+                        self.drivers
+                            .iter()
+                            .any(|d| d.phase == DriverPhase::Ready)
+                            .then_some(TriggerAction::Start {
+                                start_at_ms: self.start_at_ms.unwrap_or(now_ms),
+                            })
+                    };
+                    if let Some(action) = action {
+                        self.trigger_sent_ms = Some(now_ms);
+                        out.push(self.trigger(action));
+                    }
+                }
                 let (timeout, alive) = (self.options.heartbeat_timeout_ms, self.alive_ms);
                 for d in &mut self.drivers {
                     if !d.phase.is_terminal() && alive > d.seen_alive_ms + timeout {

@@ -76,6 +76,9 @@ pub struct DriverView {
     pub saturated: bool,
     /// When it was last heard from, ms since the epoch.
     pub last_seen_ms: u64,
+    /// Why it ended early, as its launcher tells it (an ECS task's stop reason).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// The merged result of every driver.
@@ -181,6 +184,7 @@ impl TestState {
                 health: d.health.clone(),
                 saturated: d.peak_health.saturated,
                 last_seen_ms: d.last_seen_ms,
+                note: d.note.clone(),
             })
             .collect();
         let mut warnings = Vec::new();
@@ -320,8 +324,13 @@ impl TestState {
             _ => {}
         }
         for d in drivers.iter().filter(|d| d.state == DriverPhase::Lost) {
+            let why = d
+                .note
+                .as_deref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default();
             reasons.push(format!(
-                "driver {} was lost: {} of its {} requests are missing",
+                "driver {} was lost{why}: {} of its {} requests are missing",
                 d.id, d.missing_requests, d.expected_requests
             ));
         }

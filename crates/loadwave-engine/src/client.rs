@@ -14,7 +14,7 @@ use http::{HeaderMap, Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use loadwave_proto::{ErrorKind, TargetUrl, TestSpec, parse_target_url};
+use loadwave_proto::{ErrorKind, TargetUrl, TestSpec, forbidden_address, parse_target_url};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -75,13 +75,26 @@ impl Target {
         } else {
             None
         };
-        let addrs = match tokio::net::lookup_host((url.host.as_str(), url.port)).await {
-            Ok(addrs) => addrs.collect(),
-            Err(err) => {
-                tracing::warn!(host = %url.host, %err, "target host does not resolve");
-                Vec::new()
-            }
-        };
+        let addrs: Vec<SocketAddr> =
+            match tokio::net::lookup_host((url.host.as_str(), url.port)).await {
+                Ok(addrs) => addrs.collect(),
+                Err(err) => {
+                    tracing::warn!(host = %url.host, %err, "target host does not resolve");
+                    Vec::new()
+                }
+            };
+        // Defence in depth behind the API's own check: a name that resolves to a metadata
+        // service is refused here too, on every address it resolves to.
+        if let Some((addr, why)) = addrs
+            .iter()
+            .find_map(|a| forbidden_address(a.ip()).map(|why| (a, why)))
+        {
+            return Err(EngineError::Invalid(format!(
+                "target `{}` resolves to {}, {why}; refused",
+                url.host,
+                addr.ip()
+            )));
+        }
         Ok(Target {
             url,
             addrs,

@@ -11,8 +11,18 @@
 //! - Each subscription is a consumer group of its own; offsets are stored only when the
 //!   consumer acks a delivery (commit after processing, at-least-once).
 //!
+//! - [`KafkaAuth`] picks how clients authenticate: plaintext (a local broker), TLS, or
+//!   TLS with SASL/OAUTHBEARER carrying Amazon MSK IAM tokens, which librdkafka asks for
+//!   through its token-refresh callback ([`auth::MskIamTokens`]).
+//!
 //! Raw librdkafka options in [`KafkaConfig::options`] are applied last, for anything the
-//! defaults do not cover (TLS and SASL for MSK, for instance).
+//! defaults do not cover; one that contradicts the chosen [`KafkaAuth`] is refused.
+
+pub mod args;
+pub mod auth;
+
+pub use args::KafkaArgs;
+pub use auth::{AuthContext, KafkaAuth, MskIamTokens};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,7 +32,6 @@ use async_trait::async_trait;
 use loadwave_bus::{Bus, BusError, Delivery, Subscription};
 use loadwave_proto::Topic;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
@@ -46,6 +55,8 @@ pub struct KafkaConfig {
     /// Where a new consumer group starts: `earliest` (the orchestrator: nothing published
     /// before it subscribed is missed) or `latest` (drivers: old tests are not replayed).
     pub auto_offset_reset: String,
+    /// How clients authenticate.
+    pub auth: KafkaAuth,
     /// Raw librdkafka options, applied last to every client.
     pub options: BTreeMap<String, String>,
 }
@@ -59,6 +70,7 @@ impl KafkaConfig {
             partitions: 1,
             replication: 1,
             auto_offset_reset: "earliest".to_string(),
+            auth: KafkaAuth::None,
             options: BTreeMap::new(),
         }
     }
@@ -72,7 +84,15 @@ impl KafkaConfig {
                 .split_once('=')
                 .filter(|(k, _)| !k.trim().is_empty())
                 .ok_or_else(|| format!("--kafka-option `{option}` is not KEY=VALUE"))?;
-            self.options.insert(k.trim().to_string(), v.to_string());
+            let key = k.trim();
+            if auth::OWNED_KEYS.contains(&key) && self.auth != KafkaAuth::None {
+                return Err(format!(
+                    "--kafka-option `{key}` contradicts --kafka-auth {}; drop one of them",
+                    self.auth.as_str()
+                ));
+            }
+            tracing::info!(option = key, "raw librdkafka option applied");
+            self.options.insert(key.to_string(), v.to_string());
         }
         Ok(())
     }
@@ -90,7 +110,14 @@ impl KafkaConfig {
         // Reconnect within a second of a broker's return (librdkafka backs off up to 10 s
         // by default), so drivers are heard again before anyone's silence counts.
         c.set("reconnect.backoff.max.ms", "1000");
+        self.auth.apply(&mut c);
         c
+    }
+
+    /// The context every client of this configuration carries (the MSK IAM token source
+    /// when [`KafkaAuth::MskIam`] is chosen).
+    pub fn context(&self) -> AuthContext {
+        AuthContext::for_auth(self.auth)
     }
 
     fn apply_options(&self, c: &mut ClientConfig) {
@@ -106,6 +133,9 @@ pub enum KafkaError {
     /// librdkafka refused the configuration or could not create a client.
     #[error("kafka client: {0}")]
     Client(#[from] rdkafka::error::KafkaError),
+    /// Authentication could not be set up.
+    #[error("kafka authentication: {0}")]
+    Auth(String),
     /// A topic could not be created.
     #[error("creating topic {topic}: {reason}")]
     CreateTopic {
@@ -119,7 +149,7 @@ pub enum KafkaError {
 /// The bus over Kafka. Build it once per process and share it.
 pub struct KafkaBus {
     config: KafkaConfig,
-    producer: FutureProducer,
+    producer: FutureProducer<AuthContext>,
 }
 
 /// Five minutes of buffering while the broker is away.
@@ -134,7 +164,7 @@ impl KafkaBus {
             .set("linger.ms", "2")
             .set("message.timeout.ms", MESSAGE_TIMEOUT_MS);
         config.apply_options(&mut c);
-        let producer: FutureProducer = c.create()?;
+        let producer: FutureProducer<AuthContext> = c.create_with_context(config.context())?;
         let bus = KafkaBus { config, producer };
         bus.ensure_topics().await?;
         Ok(bus)
@@ -149,7 +179,13 @@ impl KafkaBus {
     pub async fn ensure_topics(&self) -> Result<(), KafkaError> {
         let mut c = self.config.client();
         self.config.apply_options(&mut c);
-        let admin: AdminClient<DefaultClientContext> = c.create()?;
+        let context = self.config.context();
+        let admin: AdminClient<AuthContext> = c.create_with_context(context.clone())?;
+        if let Some(iam) = context.iam() {
+            // rdkafka's admin client does not relay token refreshes; it lives for this
+            // call only, so one token set up front serves it.
+            auth::set_token_now(admin.inner().native_ptr(), iam)?;
+        }
         let names: Vec<(String, i32)> = Topic::ALL
             .iter()
             .map(|t| {
@@ -219,8 +255,9 @@ impl Bus for KafkaBus {
             .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "1000");
         self.config.apply_options(&mut c);
-        let consumer: StreamConsumer =
-            c.create().map_err(|e| BusError::Subscribe(e.to_string()))?;
+        let consumer: StreamConsumer<AuthContext> = c
+            .create_with_context(self.config.context())
+            .map_err(|e| BusError::Subscribe(e.to_string()))?;
         let names: Vec<String> = topics.iter().map(|t| self.config.topic_name(*t)).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         consumer
@@ -240,7 +277,7 @@ impl Bus for KafkaBus {
 /// Moves messages from the consumer into the subscription's channel until the
 /// subscription is dropped.
 async fn pump(
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<StreamConsumer<AuthContext>>,
     topics: Vec<(String, Topic)>,
     tx: mpsc::UnboundedSender<Delivery>,
 ) {

@@ -1,5 +1,10 @@
-//! The REST API, built by [`app`] so the same router runs under `axum::serve` and, later,
-//! inside Lambda.
+//! The REST API, built by [`app`] so the same router runs under `axum::serve` and inside
+//! Lambda (`lambda_http`).
+//!
+//! The handlers talk to a [`Backend`]: the local orchestrator (its controller's state in
+//! memory, [`crate::Orchestrator`]) or the store-backed one of the Lambda API function
+//! ([`crate::StoreBackend`]), which has no controller loop. Both answer the same routes
+//! with the same JSON and errors, so the contract does not fork.
 //!
 //! Bad input answers 4xx with `{"error": {"status", "field", "message"}}` naming the
 //! field; unknown tests answer 404. Internal failures answer an opaque 500 and are logged.
@@ -19,7 +24,10 @@ use loadwave_proto::spec::MAX_BODY_BYTES;
 use serde::Serialize;
 use utoipa::OpenApi;
 
-use crate::controller::{BusStats, DriverInfo, Orchestrator, StopError, TestListItem};
+use async_trait::async_trait;
+use loadwave_core::{BusStats, DriverInfo, StopError, TestListItem};
+use loadwave_proto::forbidden_address;
+
 use crate::report;
 
 /// The largest request body: a spec with the largest allowed request body, plus room.
@@ -134,11 +142,74 @@ impl<S: Send + Sync> FromRequest<S> for SpecJson {
     }
 }
 
+impl From<StopError> for AppError {
+    fn from(e: StopError) -> Self {
+        match e {
+            StopError::NotFound(_) => AppError::NotFound(e.to_string()),
+            StopError::Finished { .. } => AppError::Conflict(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for AppError {
+    fn from(e: crate::store::StoreError) -> Self {
+        AppError::Internal(e.to_string())
+    }
+}
+
+/// What the API needs from an orchestrator.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Creates a test from a validated spec; it is stored before this answers.
+    async fn create(&self, spec: TestSpec) -> Result<TestView, AppError>;
+    /// A test's state, if it exists.
+    async fn view(&self, id: &str) -> Result<Option<TestView>, AppError>;
+    /// Every test, newest first.
+    async fn list(&self) -> Result<Vec<TestListItem>, AppError>;
+    /// Asks a test's drivers to stop.
+    async fn stop(&self, id: &str) -> Result<TestView, AppError>;
+    /// Known drivers.
+    async fn drivers(&self) -> Result<Vec<DriverInfo>, AppError>;
+    /// Liveness, with counts.
+    async fn health(&self) -> Result<Health, AppError>;
+}
+
+/// The body type of the router's responses.
+pub type ResponseBody = axum::body::Body;
+
 /// Shared state of the handlers.
-pub type AppState = Arc<Orchestrator>;
+pub type AppState = Arc<dyn Backend>;
+
+/// Refuses a target that resolves to a link-local (metadata service) address: every
+/// address the name resolves to is checked, not just the URL's text. A name that does
+/// not resolve here is let through (the drivers may see other DNS); they check again.
+pub async fn check_target(spec: &TestSpec) -> Result<(), AppError> {
+    let url =
+        loadwave_proto::parse_target_url(&spec.target_url).map_err(|e| AppError::Invalid {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            field: e.field,
+            message: e.message,
+        })?;
+    if let Ok(addrs) = tokio::net::lookup_host((url.host.as_str(), url.port)).await {
+        for addr in addrs {
+            if let Some(why) = forbidden_address(addr.ip()) {
+                return Err(AppError::Invalid {
+                    status: StatusCode::UNPROCESSABLE_ENTITY,
+                    field: "target_url".into(),
+                    message: format!(
+                        "`{}` resolves to {}, {why}; loadwave does not send load there",
+                        url.host,
+                        addr.ip()
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
 
 /// The router.
-pub fn app(orchestrator: AppState) -> Router {
+pub fn app(backend: AppState) -> Router {
     Router::new()
         .route("/tests", get(list_tests).post(create_test))
         .route("/tests/{id}", get(get_test))
@@ -150,7 +221,7 @@ pub fn app(orchestrator: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
-        .with_state(orchestrator)
+        .with_state(backend)
 }
 
 /// Start a test.
@@ -165,17 +236,15 @@ async fn create_test(
     State(orch): State<AppState>,
     SpecJson(spec): SpecJson,
 ) -> Result<(StatusCode, Json<TestView>), AppError> {
-    let view = orch
-        .create(spec)
-        .await
-        .map_err(|e| AppError::Internal(e.to_string()))?;
+    check_target(&spec).await?;
+    let view = orch.create(spec).await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 
 /// Every test, newest first.
 #[utoipa::path(get, path = "/tests", responses((status = 200, body = Vec<TestListItem>)))]
-async fn list_tests(State(orch): State<AppState>) -> Json<Vec<TestListItem>> {
-    Json(orch.list())
+async fn list_tests(State(orch): State<AppState>) -> Result<Json<Vec<TestListItem>>, AppError> {
+    Ok(Json(orch.list().await?))
 }
 
 fn unknown(id: &str) -> AppError {
@@ -190,7 +259,7 @@ async fn get_test(
     State(orch): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<TestView>, AppError> {
-    orch.view(&id).map(Json).ok_or_else(|| unknown(&id))
+    orch.view(&id).await?.map(Json).ok_or_else(|| unknown(&id))
 }
 
 /// Stop a test: drivers stop sending, finish what is in flight and report.
@@ -202,11 +271,8 @@ async fn stop_test(
     State(orch): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<TestView>), AppError> {
-    match orch.stop(&id) {
-        Ok(view) => Ok((StatusCode::ACCEPTED, Json(view))),
-        Err(e @ StopError::NotFound(_)) => Err(AppError::NotFound(e.to_string())),
-        Err(e @ StopError::Finished { .. }) => Err(AppError::Conflict(e.to_string())),
-    }
+    let view = orch.stop(&id).await?;
+    Ok((StatusCode::ACCEPTED, Json(view)))
 }
 
 /// The test as an HTML report.
@@ -217,14 +283,14 @@ async fn test_report(
     State(orch): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Html<String>, AppError> {
-    let view = orch.view(&id).ok_or_else(|| unknown(&id))?;
+    let view = orch.view(&id).await?.ok_or_else(|| unknown(&id))?;
     Ok(Html(report::render(&view)))
 }
 
 /// Known drivers.
 #[utoipa::path(get, path = "/drivers", responses((status = 200, body = Vec<DriverInfo>)))]
-async fn list_drivers(State(orch): State<AppState>) -> Json<Vec<DriverInfo>> {
-    Json(orch.drivers())
+async fn list_drivers(State(orch): State<AppState>) -> Result<Json<Vec<DriverInfo>>, AppError> {
+    Ok(Json(orch.drivers().await?))
 }
 
 /// Liveness, with counts.
@@ -244,14 +310,8 @@ pub struct Health {
 
 /// Liveness, with counts.
 #[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)))]
-async fn healthz(State(orch): State<AppState>) -> Json<Health> {
-    Json(Health {
-        status: "ok",
-        launcher: orch.launcher_name(),
-        tests: orch.test_counts(),
-        live_drivers: orch.drivers().iter().filter(|d| d.state != "lost").count(),
-        bus: orch.bus_stats(),
-    })
+async fn healthz(State(orch): State<AppState>) -> Result<Json<Health>, AppError> {
+    Ok(Json(orch.health().await?))
 }
 
 #[derive(OpenApi)]

@@ -15,9 +15,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use loadwave_bus::Bus;
-use loadwave_kafka::{KafkaBus, KafkaConfig};
+use loadwave_kafka::{KafkaArgs, KafkaBus};
 use loadwave_orchestrator::{
-    ControllerOptions, Launcher, Orchestrator, PoolLauncher, ProcessLauncher, TestStore, app,
+    ControllerOptions, EcsConfig, EcsLauncher, Launcher, Orchestrator, PoolLauncher,
+    ProcessLauncher, TestStore, app,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +29,9 @@ enum LauncherKind {
     Pool,
     /// Start one `loadwave-driver --test-id` process per driver of each test.
     Process,
+    /// Run one ECS (Fargate) task per driver; configured by the `LOADWAVE_ECS_*`
+    /// environment and the AWS SDK's own (`AWS_REGION`, credentials, `AWS_ENDPOINT_URL`).
+    Ecs,
 }
 
 /// Command-line options.
@@ -41,15 +45,14 @@ struct Args {
     /// Address of the REST API.
     #[arg(long, default_value = "127.0.0.1:8000")]
     listen: SocketAddr,
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
-    brokers: String,
-    /// Prefix of the topic names (and consumer groups).
-    #[arg(long, env = "LOADWAVE_TOPIC_PREFIX", default_value = "")]
-    topic_prefix: String,
+    #[command(flatten)]
+    kafka: KafkaArgs,
     /// Where tests are kept (created if missing).
     #[arg(long, default_value = "loadwave-data")]
     data_dir: PathBuf,
+    /// Keep tests in this store instead: `file:///PATH`, `s3://BUCKET/PREFIX`, `memory:`.
+    #[arg(long, env = "LOADWAVE_STORE")]
+    store: Option<String>,
     /// How drivers are found.
     #[arg(long, value_enum, default_value_t = LauncherKind::Pool)]
     launcher: LauncherKind,
@@ -65,9 +68,6 @@ struct Args {
     /// Between the trigger and the common start instant, ms.
     #[arg(long, default_value_t = 1_000)]
     start_lead_ms: u64,
-    /// A raw librdkafka option `key=value`, applied last; repeatable.
-    #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
-    kafka_options: Vec<String>,
 }
 
 #[tokio::main]
@@ -80,16 +80,16 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
 
-    let mut kafka = KafkaConfig::new(&args.brokers, &args.topic_prefix);
-    kafka
-        .add_options(&args.kafka_options)
-        .map_err(anyhow::Error::msg)?;
+    let kafka = args.kafka.config().map_err(anyhow::Error::msg)?;
     let bus: Arc<dyn Bus> = Arc::new(
         KafkaBus::connect(kafka)
             .await
-            .with_context(|| format!("cannot reach Kafka at {}", args.brokers))?,
+            .with_context(|| format!("cannot reach Kafka at {}", args.kafka.brokers))?,
     );
-    let store = TestStore::local_dir(&args.data_dir)?;
+    let store = match &args.store {
+        Some(url) => TestStore::from_url(url)?,
+        None => TestStore::local_dir(&args.data_dir)?,
+    };
     let launcher: Arc<dyn Launcher> = match args.launcher {
         LauncherKind::Pool => Arc::new(PoolLauncher),
         LauncherKind::Process => {
@@ -97,15 +97,17 @@ async fn main() -> anyhow::Result<()> {
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("--driver-log-dir {}", dir.display()))?;
             }
-            Arc::new(ProcessLauncher {
-                driver_bin: args
-                    .driver_bin
+            Arc::new(ProcessLauncher::new(
+                args.driver_bin
                     .clone()
                     .unwrap_or_else(ProcessLauncher::sibling_driver_bin),
-                brokers: args.brokers.clone(),
-                topic_prefix: args.topic_prefix.clone(),
-                log_dir: args.driver_log_dir.clone(),
-            })
+                args.kafka.clone(),
+                args.driver_log_dir.clone(),
+            ))
+        }
+        LauncherKind::Ecs => {
+            let config = EcsConfig::from_env(args.kafka.clone()).map_err(anyhow::Error::msg)?;
+            Arc::new(EcsLauncher::from_env(config).await)
         }
     };
     let mut options = ControllerOptions {
@@ -123,7 +125,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(listen = %listener.local_addr()?, launcher = orchestrator.launcher_name(), "orchestrator up");
     let serve_shutdown = shutdown.clone();
-    axum::serve(listener, app(orchestrator))
+    axum::serve(listener, app(orchestrator.clone()))
         .with_graceful_shutdown(async move {
             tokio::select! {
                 _ = shutdown_signal() => {}

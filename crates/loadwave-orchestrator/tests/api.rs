@@ -9,7 +9,9 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use loadwave_bus::{Bus, MemoryBus};
 use loadwave_engine::{AgentConfig, AgentMode, SysMonitor, run_agent};
-use loadwave_orchestrator::{ControllerOptions, Orchestrator, PoolLauncher, TestStore, app};
+use loadwave_orchestrator::{
+    Backend, ControllerOptions, Orchestrator, PoolLauncher, TestStore, app,
+};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -168,7 +170,10 @@ async fn bad_input_answers_4xx_naming_the_field() {
         assert_eq!(json["error"]["status"], status.as_u16());
         assert!(!json["error"]["message"].as_str().unwrap().is_empty());
     }
-    assert!(orch.list().is_empty(), "no bad spec created a test");
+    assert!(
+        orch.list().await.unwrap().is_empty(),
+        "no bad spec created a test"
+    );
 }
 
 #[tokio::test]
@@ -303,7 +308,7 @@ async fn more_drivers_than_the_pool_has_fail_after_a_bounded_wait() {
         "{error}"
     );
     assert!(started.elapsed() >= Duration::from_millis(1_000));
-    let drivers = orch.drivers();
+    let drivers = orch.drivers().await.unwrap();
     assert_eq!(drivers.len(), 1);
     assert_eq!(drivers[0].state, "idle", "the pool driver was not taken");
     shutdown.cancel();

@@ -23,7 +23,7 @@ pub use message::{
     Activity, BucketStats, DecodeError, DriverHealth, DriverTotals, ErrorKind, Heartbeat, Message,
     MetricsReport, PROTOCOL_VERSION, Register, TestConfig, Tick, Topic, Trigger, TriggerAction,
 };
-pub use spec::{SpecError, TargetUrl, TestSpec, TestType, parse_target_url};
+pub use spec::{SpecError, TargetUrl, TestSpec, TestType, forbidden_address, parse_target_url};
 pub use threshold::{Metric, Threshold, ThresholdError};
 
 /// Milliseconds since the Unix epoch, the wall-clock unit used on the wire.
@@ -34,4 +34,11 @@ pub fn unix_ms_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// The driver id of the ECS task `task_arn`: the task's id, the last part of its ARN
+/// (`arn:aws:ecs:REGION:ACCOUNT:task/CLUSTER/ID`). The launcher and the driver (which
+/// reads its task ARN from the ECS metadata endpoint) derive it the same way.
+pub fn ecs_task_driver_id(task_arn: &str) -> String {
+    format!("task-{}", task_arn.rsplit('/').next().unwrap_or(task_arn))
 }

@@ -1,6 +1,7 @@
 //! The test specification: what users submit and drivers execute.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
@@ -325,6 +326,13 @@ pub fn parse_target_url(raw: &str) -> Result<TargetUrl, SpecError> {
             "credentials in the URL are not supported; use a header".into(),
         ));
     }
+    if let Ok(ip) = host.parse::<IpAddr>()
+        && let Some(why) = forbidden_address(ip)
+    {
+        return Err(err(format!(
+            "{ip} is {why}; loadwave does not send load there"
+        )));
+    }
     let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
     Ok(TargetUrl {
         tls,
@@ -337,6 +345,30 @@ pub fn parse_target_url(raw: &str) -> Result<TargetUrl, SpecError> {
             .filter(|p| !p.is_empty())
             .unwrap_or_else(|| "/".to_string()),
     })
+}
+
+/// Why `ip` must never be a target, if it must not: link-local addresses, which in a
+/// cloud hold the instance and task metadata services (169.254.169.254, 169.254.170.2,
+/// fd00:ec2::254) and their credentials. Checked on the URL's literal address when a spec
+/// is validated, and on every resolved address by the API and by the driver.
+pub fn forbidden_address(ip: IpAddr) -> Option<&'static str> {
+    let v4 = match ip {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+    };
+    if let Some(v4) = v4 {
+        return v4
+            .is_link_local()
+            .then_some("a link-local address (cloud metadata services)");
+    }
+    let IpAddr::V6(v6) = ip else { return None };
+    if v6.segments()[0] & 0xffc0 == 0xfe80 {
+        return Some("a link-local address (cloud metadata services)");
+    }
+    if v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) {
+        return Some("the instance metadata service");
+    }
+    None
 }
 
 /// serde_json appends " at line 1 column 12"; the API reports fields, not positions.
@@ -440,6 +472,35 @@ mod tests {
         assert_eq!((t.port, t.path_and_query.as_str()), (80, "/"));
         assert!(parse_target_url("localhost:80").is_err());
         assert!(parse_target_url("http://user:pw@host/").is_err());
+    }
+
+    #[test]
+    fn metadata_services_and_link_local_addresses_are_refused() {
+        for url in [
+            "http://169.254.169.254/latest/meta-data/",
+            "http://169.254.170.2/v2/credentials",
+            "http://[fd00:ec2::254]/",
+            "http://[fe80::1]:8080/",
+            "http://[::ffff:169.254.169.254]/",
+        ] {
+            let err = parse_target_url(url).unwrap_err();
+            assert_eq!(err.field, "target_url", "{url}");
+            assert!(
+                err.message.contains("does not send load there"),
+                "{url}: {}",
+                err.message
+            );
+        }
+        for ok in [
+            "http://127.0.0.1/",
+            "http://10.0.0.1/",
+            "http://[::1]/",
+            "http://example.com/",
+        ] {
+            assert!(parse_target_url(ok).is_ok(), "{ok}");
+        }
+        assert!(forbidden_address("169.254.0.1".parse().unwrap()).is_some());
+        assert!(forbidden_address("8.8.8.8".parse().unwrap()).is_none());
     }
 
     #[test]

@@ -1,0 +1,408 @@
+//! The controller core: registry, several tests at once, acknowledgements, re-delivered
+//! and reordered batches, launcher answers.
+
+use std::collections::BTreeMap;
+
+use loadwave_core::{
+    Acquired, ControllerCore, ControllerOptions, DriverPhase, DriverSlot, TestState, TestStatus,
+};
+use loadwave_proto::{
+    Activity, BucketStats, DriverHealth, DriverTotals, Heartbeat, LatencyHistogram, Message,
+    MetricsReport, Register, TestSpec, Tick, Topic, TriggerAction,
+};
+
+const T0: u64 = 1_700_000_000_000;
+
+fn spec(drivers: u32, requests: u64) -> TestSpec {
+    let json = serde_json::json!({
+        "target_url": "http://127.0.0.1:9/ping",
+        "test_type": "avalanche",
+        "drivers": drivers,
+        "requests_per_driver": requests,
+    });
+    TestSpec::from_json(json.to_string().as_bytes()).unwrap()
+}
+
+fn register(driver: &str, test: Option<&str>) -> Message {
+    Message::Register(Register {
+        driver_id: driver.into(),
+        host: "h".into(),
+        pid: 7,
+        version: "0".into(),
+        test_id: test.map(str::to_string),
+    })
+}
+
+fn heartbeat(driver: &str, test: Option<&str>, at: u64, activity: Activity) -> Message {
+    Message::Heartbeat(Heartbeat {
+        driver_id: driver.into(),
+        seq: at / 1000,
+        sent_at_ms: at,
+        activity,
+        test_id: test.map(str::to_string),
+    })
+}
+
+fn report(test: &str, driver: &str, seq: u64, is_final: bool, requests: u64) -> Message {
+    let mut h = LatencyHistogram::new();
+    (0..requests).for_each(|i| h.record_us(1_000 + i));
+    Message::Metrics(MetricsReport {
+        test_id: test.into(),
+        driver_id: driver.into(),
+        seq,
+        is_final,
+        buckets: vec![BucketStats {
+            second: seq as u32,
+            requests,
+            errors: 0,
+            status_codes: BTreeMap::from([(200, requests)]),
+            error_kinds: BTreeMap::new(),
+            late: 0,
+            latency_sum_us: (0..requests).map(|i| 1_000 + i).sum(),
+            latency_min_us: 1_000,
+            latency_max_us: 1_000 + requests.saturating_sub(1),
+            histogram: h.to_base64().unwrap(),
+        }],
+        totals: DriverTotals {
+            requests: requests * (seq + 1),
+            errors: 0,
+        },
+        elapsed_ms: 1000 * (seq + 1),
+        stopped: false,
+        start_delay_us: Some(50),
+        health: DriverHealth::default(),
+    })
+}
+
+/// A core holding pending test `id` whose drivers are `drivers` (assigned at `T0`).
+fn with_test(core: &mut ControllerCore, id: &str, drivers: &[&str]) {
+    let state = core.new_test(id, spec(drivers.len() as u32, 100), T0);
+    core.insert(state, T0);
+    let requests = core.driver_requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.test_id == id && r.count == drivers.len())
+    );
+    let slots = drivers.iter().map(|d| DriverSlot::id(*d)).collect();
+    assert!(
+        core.drivers_acquired(id, Acquired::Drivers(slots), T0)
+            .is_empty()
+    );
+}
+
+/// Writes every due snapshot, as a shell does after a step.
+fn persist_all(core: &mut ControllerCore, now: u64) {
+    for (state, change) in core.snapshots_due(now, true) {
+        core.persisted(state.id(), change, state.status(), now);
+    }
+}
+
+fn start(core: &mut ControllerCore, id: &str, drivers: &[&str], at: u64) {
+    let configs = core
+        .poll(at)
+        .into_iter()
+        .filter(|m| matches!(m, Message::TestConfig(c) if c.test_id == id))
+        .count();
+    assert!(
+        configs == drivers.len() || configs == 0,
+        "one configuration per driver"
+    );
+    for d in drivers {
+        core.ingest(&register(d, Some(id)), at);
+    }
+    let out = core.poll(at);
+    assert!(
+        out.iter().any(|m| matches!(m, Message::Trigger(t) if t.test_id == id && matches!(t.action, TriggerAction::Start { .. }))),
+        "{out:?}"
+    );
+    assert_eq!(core.test(id).unwrap().status(), TestStatus::Running);
+}
+
+/// Two tests run at once; each second both change and both are written. Deliveries
+/// become acknowledgeable every second instead of waiting for both tests to be clean at
+/// the same instant (the old controller never acknowledged anything then).
+#[test]
+fn overlapping_tests_do_not_hold_acknowledgements_back() {
+    let mut core = ControllerCore::new(ControllerOptions::default());
+    with_test(&mut core, "a", &["a1"]);
+    with_test(&mut core, "b", &["b1"]);
+    start(&mut core, "a", &["a1"], T0);
+    start(&mut core, "b", &["b1"], T0);
+    persist_all(&mut core, T0);
+
+    let mut acked_through = 0;
+    for second in 0..5u64 {
+        let now = T0 + 1_000 * (second + 1);
+        // A report for a, then one for b: the tickets of this second.
+        let ta = core.ingest_payload(
+            Topic::Metrics,
+            &report("a", "a1", second, false, 10).encode(),
+            now,
+        );
+        let tb = core.ingest_payload(
+            Topic::Metrics,
+            &report("b", "b1", second, false, 10).encode(),
+            now,
+        );
+        assert!(tb > ta);
+        // The other test keeps moving.
+        core.ingest(
+            &heartbeat("b1", Some("b"), now + 500, Activity::Running),
+            now + 500,
+        );
+        // Nothing written yet: neither may be acknowledged.
+        assert!(core.ack_watermark() < ta);
+        // Only a's snapshot is due first (as if b's write were slow): a's delivery may
+        // go, b's may not.
+        let due = core.snapshots_due(now, true);
+        let (a_state, a_change) = due.iter().find(|(s, _)| s.id() == "a").unwrap().clone();
+        core.persisted("a", a_change, a_state.status(), now);
+        assert!(
+            core.ack_watermark() >= ta,
+            "a's report acknowledgeable once a is written"
+        );
+        assert!(core.ack_watermark() < tb);
+        persist_all(&mut core, now);
+        assert!(core.ack_watermark() >= tb);
+        assert!(core.ack_watermark() > acked_through);
+        acked_through = core.ack_watermark();
+    }
+    assert_eq!(core.test("a").unwrap().total().requests, 50);
+}
+
+/// A change that arrives while a snapshot is being written stays dirty.
+#[test]
+fn a_change_during_a_write_keeps_the_test_dirty() {
+    let mut core = ControllerCore::new(ControllerOptions::default());
+    with_test(&mut core, "a", &["a1"]);
+    start(&mut core, "a", &["a1"], T0);
+    let (state, change) = core.snapshots_due(T0, true).pop().unwrap();
+    let ticket = core.ingest_payload(Topic::Metrics, &report("a", "a1", 0, false, 3).encode(), T0);
+    core.persisted("a", change, state.status(), T0);
+    assert!(!core.is_clean());
+    assert!(core.ack_watermark() < ticket);
+    persist_all(&mut core, T0);
+    assert!(core.is_clean());
+    assert!(core.ack_watermark() >= ticket);
+}
+
+/// The same batch twice, and in reverse order: the same result, and duplicates counted.
+#[test]
+fn redelivered_and_reordered_batches_change_nothing() {
+    let batch: Vec<Message> = (0..4)
+        .map(|seq| report("a", "a1", seq, seq == 3, 25))
+        .chain((0..4).map(|seq| report("b", "b1", seq, seq == 3, 5)))
+        .collect();
+    let run = |order: &[Message], times: usize| {
+        let mut core = ControllerCore::new(ControllerOptions::default());
+        with_test(&mut core, "a", &["a1"]);
+        with_test(&mut core, "b", &["b1"]);
+        start(&mut core, "a", &["a1"], T0);
+        start(&mut core, "b", &["b1"], T0);
+        for _ in 0..times {
+            for m in order {
+                core.ingest(m, T0 + 4_000);
+            }
+        }
+        core.poll(T0 + 4_000);
+        core
+    };
+    let once = run(&batch, 1);
+    let mut reversed = batch.clone();
+    reversed.reverse();
+    let twice_reversed = run(&reversed, 2);
+    for id in ["a", "b"] {
+        let (x, y) = (once.test(id).unwrap(), twice_reversed.test(id).unwrap());
+        assert_eq!(x.status(), TestStatus::Completed, "{id}");
+        assert_eq!(y.status(), TestStatus::Completed, "{id}");
+        assert_eq!(x.total().requests, y.total().requests, "{id}");
+        assert_eq!(
+            x.view().summary.latency_ms.p99,
+            y.view().summary.latency_ms.p99,
+            "{id}"
+        );
+        assert_eq!(
+            y.duplicates(),
+            4,
+            "{id}: every re-delivered report counted once"
+        );
+    }
+    assert_eq!(once.test("a").unwrap().total().requests, 100);
+    assert_eq!(once.test("b").unwrap().total().requests, 20);
+}
+
+/// Garbage and messages for unknown tests are counted and skipped.
+#[test]
+fn malformed_and_unknown_messages_are_counted() {
+    let mut core = ControllerCore::new(ControllerOptions::default());
+    core.ingest_payload(Topic::Metrics, b"\x00garbage", T0);
+    core.ingest_payload(
+        Topic::Metrics,
+        &report("nope", "x", 0, true, 1).encode(),
+        T0,
+    );
+    assert_eq!(core.stats().malformed, 1);
+    assert_eq!(core.stats().unknown_test, 1);
+    assert!(core.is_clean());
+}
+
+/// The registry: idle pool drivers are offered, held ones are not, silent ones go lost.
+#[test]
+fn the_registry_offers_idle_drivers_only() {
+    let mut core = ControllerCore::new(ControllerOptions::default());
+    for d in ["p1", "p2", "p3"] {
+        core.ingest(&register(d, None), T0);
+        core.ingest(&heartbeat(d, None, T0, Activity::Idle), T0);
+    }
+    assert_eq!(core.idle_drivers(T0), ["p1", "p2", "p3"]);
+    with_test(&mut core, "a", &["p1", "p2"]);
+    assert_eq!(core.idle_drivers(T0), ["p3"]);
+    // 4 s later only p3 was heard from again.
+    core.ingest(
+        &heartbeat("p3", None, T0 + 4_000, Activity::Idle),
+        T0 + 4_000,
+    );
+    let drivers = core.drivers(T0 + 4_000);
+    let state = |id: &str| drivers.iter().find(|d| d.id == id).unwrap().state.clone();
+    assert_eq!(state("p1"), "lost");
+    assert_eq!(state("p3"), "idle");
+}
+
+/// A launcher that has too few drivers: asked again until the wait is over, then the
+/// test fails naming the counts; drivers that arrive for a stopped test are handed back.
+#[test]
+fn launcher_answers_drive_the_test() {
+    let options = ControllerOptions::default();
+    let mut core = ControllerCore::new(options);
+    let state = core.new_test("a", spec(2, 10), T0);
+    core.insert(state, T0);
+    assert_eq!(core.driver_requests().len(), 1);
+    assert!(core.driver_requests().is_empty(), "handed out once");
+    core.drivers_acquired("a", Acquired::NotYet { available: 1 }, T0 + 1_000);
+    assert_eq!(core.test("a").unwrap().status(), TestStatus::Pending);
+    assert_eq!(core.driver_requests().len(), 1, "asked again");
+    let late = T0 + options.driver_wait_ms + 1;
+    core.drivers_acquired("a", Acquired::NotYet { available: 1 }, late);
+    let view = core.view("a").unwrap();
+    assert_eq!(view.status, TestStatus::Failed);
+    assert!(view.error.unwrap().contains("needs 2 drivers, but only 1"));
+
+    let state = core.new_test("b", spec(1, 10), T0);
+    core.insert(state, T0);
+    core.driver_requests();
+    core.request_stop("b", T0).unwrap();
+    let unused = core.drivers_acquired(
+        "b",
+        Acquired::Drivers(vec![DriverSlot {
+            id: "task-1".into(),
+            handle: Some("arn:task/1".into()),
+        }]),
+        T0,
+    );
+    assert_eq!(unused.len(), 1, "a stopped test's drivers are released");
+}
+
+/// A driver whose task stopped is lost at once with the reason; the test ends with the
+/// others' data and names it; a stop is re-sent until drivers act on it.
+#[test]
+fn a_stopped_task_makes_its_driver_lost_with_the_reason() {
+    let mut core = ControllerCore::new(ControllerOptions::default());
+    let state = core.new_test("a", spec(2, 10), T0);
+    core.insert(state, T0);
+    core.driver_requests();
+    let slots = vec![
+        DriverSlot {
+            id: "task-1".into(),
+            handle: Some("arn:task/1".into()),
+        },
+        DriverSlot {
+            id: "task-2".into(),
+            handle: Some("arn:task/2".into()),
+        },
+    ];
+    core.drivers_acquired("a", Acquired::Drivers(slots), T0);
+    start(&mut core, "a", &["task-1", "task-2"], T0);
+    core.ingest(&report("a", "task-1", 0, true, 10), T0 + 1_000);
+    core.driver_gone(
+        "a",
+        "arn:task/2",
+        "ECS task stopped: Essential container in task exited",
+    );
+    core.poll(T0 + 1_000);
+    let view = core.view("a").unwrap();
+    assert_eq!(view.status, TestStatus::Completed);
+    let lost = view.drivers.iter().find(|d| d.id == "task-2").unwrap();
+    assert_eq!(lost.state, DriverPhase::Lost);
+    assert!(
+        lost.note
+            .as_deref()
+            .unwrap()
+            .contains("Essential container")
+    );
+    let verdict = view.verdict.unwrap();
+    assert!(!verdict.passed);
+    assert!(
+        verdict
+            .reasons
+            .iter()
+            .any(|r| r.contains("task-2") && r.contains("Essential container")),
+        "{:?}",
+        verdict.reasons
+    );
+    let finished = core.take_finished();
+    assert_eq!(finished.len(), 1);
+    assert_eq!(
+        finished[0].1.len(),
+        2,
+        "both tasks handed to the launcher to stop"
+    );
+    assert_eq!(view.summary.requests, 10);
+}
+
+/// A trigger that never reached a driver is re-sent a second later (a publish lost to a
+/// crash between writing the state and publishing cannot strand a test).
+#[test]
+fn triggers_are_resent_until_drivers_act_on_them() {
+    let mut core = ControllerCore::new(ControllerOptions::default());
+    with_test(&mut core, "a", &["a1"]);
+    start(&mut core, "a", &["a1"], T0);
+    assert!(core.poll(T0 + 500).is_empty(), "not before a second");
+    let again = core.poll(T0 + 1_000);
+    assert!(
+        matches!(&again[..], [Message::Trigger(t)] if matches!(t.action, TriggerAction::Start { .. }))
+    );
+    // Once the driver says it runs, no more starts.
+    core.ingest(
+        &heartbeat("a1", Some("a"), T0 + 1_100, Activity::Running),
+        T0 + 1_100,
+    );
+    assert!(core.poll(T0 + 3_000).is_empty());
+    // A stop is re-sent while the driver still runs.
+    core.request_stop("a", T0 + 3_000).unwrap();
+    assert_eq!(core.poll(T0 + 3_000).len(), 1);
+    let again = core.poll(T0 + 4_000);
+    assert!(matches!(&again[..], [Message::Trigger(t)] if t.action == TriggerAction::Stop));
+}
+
+/// Ticks move every running test's bus clock, so silent drivers are found lost.
+#[test]
+fn ticks_find_silent_drivers() {
+    let mut core = ControllerCore::new(ControllerOptions::default());
+    with_test(&mut core, "a", &["a1"]);
+    start(&mut core, "a", &["a1"], T0);
+    for s in 1..=5 {
+        core.ingest(
+            &Message::Tick(Tick {
+                orchestrator_id: "o".into(),
+                sent_at_ms: T0 + s * 1_000,
+            }),
+            T0 + s * 1_000,
+        );
+        core.poll(T0 + s * 1_000);
+    }
+    let view = core.view("a").unwrap();
+    assert_eq!(view.drivers[0].state, DriverPhase::Lost);
+    assert_eq!(view.status, TestStatus::Failed);
+    let _: &TestState = core.test("a").unwrap();
+}

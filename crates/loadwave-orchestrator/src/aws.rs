@@ -1,0 +1,410 @@
+//! The orchestrator without a process: what the Lambda functions run.
+//!
+//! - [`StoreBackend`] serves the API from the state store alone (the API function): it
+//!   writes a new test, launches its drivers, reads tests back, records stops.
+//! - [`LambdaController`] is the controller function: each invocation folds one batch of
+//!   Kafka records (an MSK event source mapping delivers one topic-partition's records)
+//!   or one scheduled event into the tests they concern, with the same
+//!   [`ControllerCore`] the local orchestrator runs, then writes, publishes and releases.
+//!
+//! Concurrency: invocations for different topic-partitions run at once and may update
+//! the same test. Every write is conditional on the version read; a conflict reloads that
+//! test and folds the batch again, which is harmless because the fold is idempotent
+//! (reports are keyed by driver and sequence number; heartbeats and ticks only move
+//! clocks forward). Messages a fold asks for are published only after its write
+//! succeeded; a publish that fails fails the invocation, so the event source mapping
+//! delivers the batch again — and configurations and triggers that were written as sent
+//! but never reached the bus are re-sent by the core a second later anyway.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use loadwave_bus::Bus;
+use loadwave_core::{
+    Acquired, ControllerCore, ControllerOptions, DriverInfo, DriverPhase, DriverSlot, TestListItem,
+    TestState, TestView, controller::count_statuses,
+};
+use loadwave_proto::{Message, TestSpec, Tick, Topic, unix_ms_now};
+
+use crate::api::{AppError, Backend, Health};
+use crate::launcher::Launcher;
+use crate::store::{StoreError, TestStore, Version};
+
+/// Attempts of one test's read-fold-write before the invocation fails.
+const WRITE_ATTEMPTS: usize = 25;
+
+/// The API over the state store (the Lambda API function).
+pub struct StoreBackend {
+    store: TestStore,
+    launcher: Arc<dyn Launcher>,
+    bus: Arc<dyn Bus>,
+    options: ControllerOptions,
+}
+
+impl StoreBackend {
+    /// Over clients built once per execution environment.
+    pub fn new(
+        store: TestStore,
+        launcher: Arc<dyn Launcher>,
+        bus: Arc<dyn Bus>,
+        options: ControllerOptions,
+    ) -> Self {
+        StoreBackend {
+            store,
+            launcher,
+            bus,
+            options,
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for StoreBackend {
+    async fn create(&self, spec: TestSpec) -> Result<TestView, AppError> {
+        let now = unix_ms_now();
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let count = spec.drivers as usize;
+        let mut state = TestState::new(&id, spec, Vec::new(), now, self.options.test);
+        match self.launcher.acquire(&id, count, &[]).await {
+            Acquired::Drivers(slots) => state.assign_drivers(slots, now),
+            Acquired::Failed(reason) => {
+                state.fail(reason, now);
+            }
+            Acquired::NotYet { available } => {
+                state.fail(
+                    format!("needs {count} drivers, but only {available} are available"),
+                    now,
+                );
+            }
+        }
+        if let Err(e) = self.store.create(&state).await {
+            // The test is not recorded: its tasks must not run on.
+            self.launcher.release(&id, &state.driver_slots()).await;
+            return Err(e.into());
+        }
+        Ok(state.view())
+    }
+
+    async fn view(&self, id: &str) -> Result<Option<TestView>, AppError> {
+        Ok(self.store.load(id).await?.map(|(t, _)| t.view()))
+    }
+
+    async fn list(&self) -> Result<Vec<TestListItem>, AppError> {
+        Ok(self.store.list().await?)
+    }
+
+    async fn stop(&self, id: &str) -> Result<TestView, AppError> {
+        for _ in 0..WRITE_ATTEMPTS {
+            let Some((mut state, version)) = self.store.load(id).await? else {
+                return Err(loadwave_core::StopError::NotFound(id.to_string()).into());
+            };
+            let mut core = ControllerCore::new(self.options);
+            core.insert(state.clone(), unix_ms_now());
+            let view = core.request_stop(id, unix_ms_now())?;
+            let messages = core.poll(unix_ms_now());
+            state = core.test(id).expect("inserted").clone();
+            match self.store.save(&state, Some(&version)).await {
+                Ok(_) => {
+                    for m in &messages {
+                        self.bus
+                            .publish(m)
+                            .await
+                            .map_err(|e| AppError::Internal(e.to_string()))?;
+                    }
+                    if state.is_finished() {
+                        self.launcher.release(id, &state.driver_slots()).await;
+                    }
+                    return Ok(view);
+                }
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(AppError::Internal(format!(
+            "test {id} kept changing; stop not recorded"
+        )))
+    }
+
+    /// The drivers of unfinished tests, from their states (ECS drivers serve one test).
+    async fn drivers(&self) -> Result<Vec<DriverInfo>, AppError> {
+        let active = self.store.load_active().await?;
+        Ok(active
+            .iter()
+            .flat_map(|(t, _)| {
+                let view = t.view();
+                view.drivers.into_iter().map(move |d| DriverInfo {
+                    id: d.id,
+                    host: String::new(),
+                    pid: 0,
+                    version: String::new(),
+                    state: match d.state {
+                        DriverPhase::Waiting | DriverPhase::Ready => "configured",
+                        DriverPhase::Running => "running",
+                        DriverPhase::Lost => "lost",
+                        DriverPhase::Completed | DriverPhase::Stopped => "idle",
+                    }
+                    .to_string(),
+                    test_id: Some(view.id.clone()),
+                    last_seen_ms: d.last_seen_ms,
+                })
+            })
+            .collect())
+    }
+
+    async fn health(&self) -> Result<Health, AppError> {
+        let list = self.store.list().await?;
+        let drivers = self.drivers().await?;
+        Ok(Health {
+            status: "ok",
+            launcher: self.launcher.name(),
+            tests: count_statuses(list.iter().map(|i| i.status)),
+            live_drivers: drivers.iter().filter(|d| d.state != "lost").count(),
+            bus: Default::default(),
+        })
+    }
+}
+
+/// A controller invocation that failed; the event source mapping retries the batch.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Publishing what the fold asked for failed.
+    #[error("publishing failed: {0}")]
+    Publish(String),
+    /// A test kept changing under us.
+    #[error("test {0} kept changing; giving up after {WRITE_ATTEMPTS} attempts")]
+    Contended(String),
+}
+
+/// What one invocation did (logged, and returned by the function).
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct BatchOutcome {
+    /// Records in the batch.
+    pub records: usize,
+    /// Records that did not decode.
+    pub malformed: u64,
+    /// Tests folded.
+    pub tests: usize,
+    /// Snapshots written.
+    pub written: usize,
+    /// Conditional writes that lost and were redone.
+    pub conflicts: usize,
+    /// Messages published.
+    pub published: usize,
+    /// Ticks published (scheduled events).
+    pub ticks: usize,
+}
+
+/// The controller function's logic.
+pub struct LambdaController {
+    store: TestStore,
+    launcher: Arc<dyn Launcher>,
+    bus: Arc<dyn Bus>,
+    id: String,
+}
+
+impl LambdaController {
+    /// Over clients built once per execution environment.
+    pub fn new(store: TestStore, launcher: Arc<dyn Launcher>, bus: Arc<dyn Bus>) -> Self {
+        LambdaController {
+            store,
+            launcher,
+            bus,
+            id: format!("controller-{}", uuid::Uuid::new_v4().simple()),
+        }
+    }
+
+    /// Folds a batch of records (topic, raw value) into every test it concerns, at
+    /// `now_ms`.
+    pub async fn handle_records(
+        &self,
+        records: &[(Topic, Vec<u8>)],
+        now_ms: u64,
+    ) -> Result<BatchOutcome, ControllerError> {
+        let mut outcome = BatchOutcome {
+            records: records.len(),
+            ..BatchOutcome::default()
+        };
+        let mut messages = Vec::with_capacity(records.len());
+        for (topic, payload) in records {
+            match Message::decode(payload) {
+                Ok(m) => messages.push(m),
+                Err(err) => {
+                    outcome.malformed += 1;
+                    tracing::warn!(topic = topic.name(), %err, "malformed message skipped");
+                }
+            }
+        }
+        // Active tests, plus any the batch names (a report can outlive the listing).
+        let mut ids: BTreeSet<String> = self.store.active_ids().await?.into_iter().collect();
+        for m in &messages {
+            match m {
+                Message::Metrics(r) => {
+                    ids.insert(r.test_id.clone());
+                }
+                Message::Register(r) => {
+                    if let Some(t) = &r.test_id {
+                        ids.insert(t.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+        let ids: Vec<String> = ids.into_iter().collect();
+        for (state, version) in self.store.load_many(&ids).await? {
+            if state.is_finished() {
+                continue;
+            }
+            outcome.tests += 1;
+            self.fold_test(state, version, &messages, &[], now_ms, &mut outcome)
+                .await?;
+        }
+        Ok(outcome)
+    }
+
+    /// The schedule (EventBridge): publishes `ticks` ticks one second apart while tests
+    /// run (they move every test's bus clock when read back), then asks the launcher
+    /// which drivers are gone and moves every test on in time (registration timeouts,
+    /// lost drivers, stops).
+    pub async fn handle_schedule(&self, ticks: u32) -> Result<BatchOutcome, ControllerError> {
+        let mut outcome = BatchOutcome::default();
+        for i in 0..ticks.max(1) {
+            if i > 0 {
+                if self.store.active_ids().await?.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            let tick = Message::Tick(Tick {
+                orchestrator_id: self.id.clone(),
+                sent_at_ms: unix_ms_now(),
+            });
+            self.bus
+                .publish(&tick)
+                .await
+                .map_err(|e| ControllerError::Publish(e.to_string()))?;
+            outcome.ticks += 1;
+        }
+        for (state, version) in self.store.load_active().await? {
+            outcome.tests += 1;
+            let handles = state.unfinished_handles();
+            let slots: Vec<DriverSlot> = state
+                .driver_slots()
+                .into_iter()
+                .filter(|s| s.handle.as_ref().is_some_and(|h| handles.contains(h)))
+                .collect();
+            let gone = if slots.is_empty() {
+                Vec::new()
+            } else {
+                self.launcher.inspect(&slots).await
+            };
+            self.fold_test(state, version, &[], &gone, unix_ms_now(), &mut outcome)
+                .await?;
+        }
+        Ok(outcome)
+    }
+
+    /// Read-fold-write of one test until the write wins, then publish and release.
+    async fn fold_test(
+        &self,
+        mut state: TestState,
+        mut version: Version,
+        messages: &[Message],
+        gone: &[(String, String)],
+        now_ms: u64,
+        outcome: &mut BatchOutcome,
+    ) -> Result<(), ControllerError> {
+        let id = state.id().to_string();
+        for _ in 0..WRITE_ATTEMPTS {
+            let before = serde_json::to_vec(&state).expect("state serializes");
+            let mut core = ControllerCore::new(ControllerOptions::default());
+            core.insert(state, now_ms);
+            for m in messages {
+                core.ingest(m, now_ms);
+            }
+            for (handle, reason) in gone {
+                core.driver_gone(&id, handle, reason);
+            }
+            let publish = core.poll(now_ms);
+            let finished = core.take_finished();
+            let after_state = core.test(&id).expect("inserted").clone();
+            // Clock moves count too: lost-driver detection runs on them.
+            let after = serde_json::to_vec(&after_state).expect("state serializes");
+            if after == before && publish.is_empty() {
+                return Ok(());
+            }
+            match self.store.save(&after_state, Some(&version)).await {
+                Ok(_) => {
+                    outcome.written += 1;
+                    for m in &publish {
+                        self.bus
+                            .publish(m)
+                            .await
+                            .map_err(|e| ControllerError::Publish(e.to_string()))?;
+                        outcome.published += 1;
+                    }
+                    for (test_id, slots) in finished {
+                        self.launcher.release(&test_id, &slots).await;
+                    }
+                    return Ok(());
+                }
+                Err(StoreError::Conflict(_)) => {
+                    outcome.conflicts += 1;
+                    match self.store.load(&id).await? {
+                        Some((s, v)) if !s.is_finished() => (state, version) = (s, v),
+                        _ => return Ok(()),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ControllerError::Contended(id))
+    }
+}
+
+/// The clients both Lambda functions build once per execution environment, from the
+/// environment alone: `LOADWAVE_STORE`, `KAFKA_BROKERS`, `LOADWAVE_TOPIC_PREFIX`,
+/// `LOADWAVE_KAFKA_AUTH`, the `LOADWAVE_ECS_*` settings and the AWS SDK's own.
+pub struct LambdaClients {
+    /// The state store.
+    pub store: TestStore,
+    /// The ECS launcher.
+    pub launcher: Arc<dyn Launcher>,
+    /// The Kafka producer.
+    pub bus: Arc<dyn Bus>,
+}
+
+impl LambdaClients {
+    /// Builds them; the error names the setting at fault.
+    pub async fn from_env() -> Result<LambdaClients, String> {
+        let store_url =
+            std::env::var("LOADWAVE_STORE").map_err(|_| "LOADWAVE_STORE is not set".to_string())?;
+        let store = TestStore::from_url(&store_url).map_err(|e| e.to_string())?;
+        let kafka = loadwave_kafka::KafkaArgs::from_env()?;
+        let ecs = crate::launcher::EcsConfig::from_env(kafka.clone())?;
+        let launcher: Arc<dyn Launcher> =
+            Arc::new(crate::launcher::EcsLauncher::from_env(ecs).await);
+        let config = kafka.config()?;
+        let bus: Arc<dyn Bus> = Arc::new(
+            loadwave_kafka::KafkaBus::connect(config)
+                .await
+                .map_err(|e| format!("cannot reach Kafka at {}: {e}", kafka.brokers))?,
+        );
+        Ok(LambdaClients {
+            store,
+            launcher,
+            bus,
+        })
+    }
+}
+
+/// Test options for drivers on ECS: a Fargate task takes tens of seconds to be placed,
+/// pull its image and start, so registration may take up to three minutes.
+pub fn ecs_controller_options() -> ControllerOptions {
+    let mut options = ControllerOptions::default();
+    options.test.registration_timeout_ms = 180_000;
+    options
+}
