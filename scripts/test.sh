@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# `make test`: build the workspace once (binaries and test binaries together), start a
-# real Apache Kafka broker (KRaft, jars from Maven Central), run every unit and
-# integration test against them, stop the broker.
+# `make test`: build the workspace once (binaries and test binaries together), install the
+# tools the AWS tests need (moto, the Lambda runtime interface emulator; cached in
+# ~/.cache/loadwave), start a real Apache Kafka broker (KRaft, jars from Maven Central) with
+# a plaintext and a TLS listener (a throwaway CA) and moto for S3 and ECS, run every unit
+# and integration test against them, stop everything.
 #
-# Environment: TEST_KAFKA_PORT (19092), the broker the tests use.
+# Environment: TEST_KAFKA_PORT (19092; its TLS listener on +2), TEST_MOTO_PORT (15055).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
+source "$(dirname "$0")/tools.sh"
 cd "$ROOT"
 
 command -v cargo >/dev/null || die "cargo is not installed (https://rustup.rs)"
@@ -13,11 +16,29 @@ command -v cargo >/dev/null || die "cargo is not installed (https://rustup.rs)"
 log "building the workspace (binaries and tests, one build)"
 cargo build --workspace --bins --tests --locked
 
+ensure_pyenv
+ensure_rie
+export LW_PY LW_RIE
+
 export KAFKA_PORT=${TEST_KAFKA_PORT:-19092}
 export KAFKA_CONTROLLER_PORT=$((KAFKA_PORT + 1))
-trap 'bash "$ROOT/scripts/kafka.sh" down' EXIT
-bash "$ROOT/scripts/kafka.sh" up
+# Not exported: tests that start a broker of their own through kafka.sh must not inherit it.
+KAFKA_TLS_PORT=$((KAFKA_PORT + 2))
+MOTO_PORT=${TEST_MOTO_PORT:-15055}
+cleanup() {
+  stop_bg test-moto
+  bash "$ROOT/scripts/kafka.sh" down
+}
+trap cleanup EXIT
+KAFKA_TLS_PORT=$KAFKA_TLS_PORT bash "$ROOT/scripts/kafka.sh" up
 export KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
+export LOADWAVE_TEST_KAFKA_TLS="127.0.0.1:$KAFKA_TLS_PORT"
+export LOADWAVE_TEST_KAFKA_CA="$STATE_DIR/kafka-$KAFKA_PORT/tls/ca.pem"
+
+log "starting moto (S3, ECS) on 127.0.0.1:$MOTO_PORT"
+start_bg test-moto "$(dirname "$LW_PY")/moto_server" -H 127.0.0.1 -p "$MOTO_PORT"
+wait_http 127.0.0.1 "$MOTO_PORT" /moto-api/ 30 || die "moto did not start; see $STATE_DIR/test-moto.log"
+export LOADWAVE_TEST_MOTO="http://127.0.0.1:$MOTO_PORT"
 
 log "running the tests (Kafka at $KAFKA_BROKERS)"
 out="$STATE_DIR/test-output.txt"

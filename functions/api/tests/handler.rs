@@ -1,0 +1,124 @@
+//! The API function's handler over API Gateway event fixtures (`tests/data`): HTTP API
+//! (v2) and REST API (v1) events, with and without a named stage, routed to the same
+//! contract as the local server. The backend is the store-backed one the function runs,
+//! over an in-memory store, bus and launcher.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http_body_util::BodyExt;
+use loadwave_bus::{Bus, MemoryBus};
+use loadwave_core::{Acquired, DriverSlot};
+use loadwave_orchestrator::aws::ecs_controller_options;
+use loadwave_orchestrator::{Launcher, StoreBackend, TestStore};
+use serde_json::Value;
+use tower::ServiceExt;
+
+/// Hands out `task-N` drivers with ARN-like handles, and records releases.
+#[derive(Default)]
+struct FakeEcs {
+    released: std::sync::Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl Launcher for FakeEcs {
+    async fn acquire(&self, test_id: &str, count: usize, _idle: &[String]) -> Acquired {
+        Acquired::Drivers(
+            (0..count)
+                .map(|i| DriverSlot {
+                    id: format!("task-{i}"),
+                    handle: Some(format!("arn:aws:ecs:eu-west-1:1:task/c/{test_id}-{i}")),
+                })
+                .collect(),
+        )
+    }
+
+    async fn release(&self, _test_id: &str, drivers: &[DriverSlot]) {
+        let mut released = self.released.lock().unwrap();
+        released.extend(drivers.iter().filter_map(|d| d.handle.clone()));
+    }
+
+    fn name(&self) -> &'static str {
+        "fake-ecs"
+    }
+}
+
+fn fixture(name: &str, test_id: &str) -> lambda_http::Request {
+    let path = format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    lambda_http::request::from_str(&text.replace("TEST_ID", test_id))
+        .unwrap_or_else(|e| panic!("{name} is not an API Gateway event: {e}"))
+}
+
+async fn call(backend: Arc<StoreBackend>, name: &str, test_id: &str) -> (u16, Value) {
+    let response = api::handler(backend)
+        .oneshot(fixture(name, test_id))
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, body)
+}
+
+#[tokio::test]
+async fn v1_and_v2_events_route_to_the_same_contract() {
+    let launcher = Arc::new(FakeEcs::default());
+    let bus = MemoryBus::new();
+    let mut triggers = bus
+        .subscribe(&[loadwave_proto::Topic::Trigger], "t")
+        .await
+        .unwrap();
+    let backend = Arc::new(StoreBackend::new(
+        TestStore::memory(),
+        launcher.clone(),
+        Arc::new(bus.clone()),
+        ecs_controller_options(),
+    ));
+
+    // v2, $default stage: create.
+    let (status, created) = call(backend.clone(), "apigw_v2_post_tests.json", "").await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    assert_eq!(created["status"], "pending");
+    assert_eq!(created["drivers"].as_array().unwrap().len(), 2);
+
+    // v2 with a named stage in the raw path: the stage is not part of the route.
+    let (status, got) = call(backend.clone(), "apigw_v2_get_test_named_stage.json", &id).await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got["id"], id.as_str());
+
+    // v1 REST API, stage `Prod`: lambda_http puts the stage in front of the path.
+    let (status, list) = call(backend.clone(), "apigw_v1_get_tests_stage.json", "").await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["id"], id.as_str());
+
+    // Bad input answers 4xx naming the field, the same as the local server.
+    let (status, err) = call(backend.clone(), "apigw_v1_post_not_json.json", "").await;
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(err["error"]["field"], "body");
+    let (status, err) = call(backend.clone(), "apigw_v2_post_bad_spec.json", "").await;
+    assert_eq!(status, 422, "{err}");
+    assert_eq!(err["error"]["field"], "target_url");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("169.254.169.254")
+    );
+
+    // Stop: recorded in the store, the trigger published, the pending test's tasks
+    // released at once; a second stop is a conflict.
+    let (status, stopped) = call(backend.clone(), "apigw_v1_stop_test.json", &id).await;
+    assert_eq!(status, 202, "{stopped}");
+    let (_, got) = call(backend.clone(), "apigw_v2_get_test_named_stage.json", &id).await;
+    assert_eq!(got["status"], "stopped");
+    let (message, _) = triggers.next_message().await.unwrap();
+    assert!(matches!(message, loadwave_proto::Message::Trigger(t) if t.test_id == id));
+    assert_eq!(launcher.released.lock().unwrap().len(), 2);
+    let (status, _) = call(backend.clone(), "apigw_v1_stop_test.json", &id).await;
+    assert_eq!(status, 409);
+    let (status, _) = call(backend, "apigw_v1_stop_test.json", "nope").await;
+    assert_eq!(status, 404);
+}

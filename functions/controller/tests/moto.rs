@@ -1,0 +1,564 @@
+//! The controller function and the ECS launcher against moto (S3 and ECS), as `make test`
+//! runs them: MSK event fixtures through the handler into an S3 store, concurrent
+//! invocations on one test, re-delivery, the schedule finding a stopped task, and
+//! `RunTask` batching. `make test` starts moto and sets `LOADWAVE_TEST_MOTO`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use aws_sdk_ecs::config::interceptors::BeforeSerializationInterceptorContextRef;
+use aws_sdk_ecs::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_ecs::operation::run_task::RunTaskInput;
+use base64::Engine;
+use loadwave_bus::{Bus, MemoryBus};
+use loadwave_core::{Acquired, TestStatus};
+use loadwave_kafka::{KafkaArgs, KafkaAuth};
+use loadwave_orchestrator::api::Backend;
+use loadwave_orchestrator::aws::ecs_controller_options;
+use loadwave_orchestrator::{
+    EcsConfig, EcsLauncher, LambdaController, Launcher, StoreBackend, TestStore,
+};
+use loadwave_proto::{
+    Activity, BucketStats, DriverHealth, DriverTotals, Heartbeat, LatencyHistogram, Message,
+    MetricsReport, Register, Topic,
+};
+use serde_json::Value;
+
+const PREFIX: &str = "loadwave.";
+
+/// moto's address, and the AWS SDK's environment pointed at it.
+fn moto() -> String {
+    let endpoint = std::env::var("LOADWAVE_TEST_MOTO").expect(
+        "LOADWAVE_TEST_MOTO is not set: run these tests through `make test`, which starts moto",
+    );
+    // SAFETY: every test of this binary sets the same values.
+    unsafe {
+        std::env::set_var("AWS_ENDPOINT_URL", &endpoint);
+        std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+        std::env::set_var("AWS_REGION", "us-east-1");
+    }
+    endpoint
+}
+
+fn unique(name: &str) -> String {
+    format!("{name}-{}", uuid_like())
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{:x}{:x}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    )
+}
+
+/// A fresh bucket and its store.
+fn bucket(endpoint: &str) -> TestStore {
+    let name = unique("lw-test");
+    ureq::put(&format!("{endpoint}/{name}"))
+        .send_empty()
+        .expect("moto creates the bucket");
+    TestStore::from_url(&format!("s3://{name}/state")).unwrap()
+}
+
+/// Counts `RunTask` calls and the tasks each asked for.
+#[derive(Debug, Default, Clone)]
+struct RunTaskCounter(Arc<std::sync::Mutex<Vec<i32>>>);
+
+impl Intercept for RunTaskCounter {
+    fn name(&self) -> &'static str {
+        "RunTaskCounter"
+    }
+
+    fn read_before_execution(
+        &self,
+        context: &BeforeSerializationInterceptorContextRef<'_>,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), aws_sdk_ecs::error::BoxError> {
+        if let Some(input) = context.input().downcast_ref::<RunTaskInput>() {
+            self.0.lock().unwrap().push(input.count().unwrap_or(1));
+        }
+        Ok(())
+    }
+
+    fn read_after_execution(
+        &self,
+        _context: &aws_sdk_ecs::config::interceptors::FinalizerInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), aws_sdk_ecs::error::BoxError> {
+        Ok(())
+    }
+}
+
+/// An ECS cluster with a Fargate driver task definition on moto, tasks kept RUNNING
+/// until stopped.
+async fn ecs(endpoint: &str, counter: RunTaskCounter) -> (aws_sdk_ecs::Client, EcsConfig) {
+    let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let conf = aws_sdk_ecs::config::Builder::from(&aws)
+        .interceptor(counter)
+        .build();
+    let client = aws_sdk_ecs::Client::from_conf(conf);
+    ureq::post(&format!("{endpoint}/moto-api/state-manager/set-transition"))
+        .send_json(serde_json::json!({
+            "model_name": "ecs::task",
+            "transition": {"progression": "manual", "times": 1000}
+        }))
+        .expect("moto state manager");
+    let cluster = unique("lw-cluster");
+    client
+        .create_cluster()
+        .cluster_name(&cluster)
+        .send()
+        .await
+        .unwrap();
+    let container = aws_sdk_ecs::types::ContainerDefinition::builder()
+        .name("driver")
+        .image("loadwave-driver:test")
+        .cpu(256)
+        .memory(512)
+        .essential(true)
+        .build();
+    client
+        .register_task_definition()
+        .family("loadwave-driver")
+        .network_mode(aws_sdk_ecs::types::NetworkMode::Awsvpc)
+        .requires_compatibilities(aws_sdk_ecs::types::Compatibility::Fargate)
+        .cpu("256")
+        .memory("512")
+        .container_definitions(container)
+        .send()
+        .await
+        .unwrap();
+    let kafka = KafkaArgs {
+        brokers: "b-1.msk:9098".into(),
+        topic_prefix: PREFIX.into(),
+        kafka_auth: KafkaAuth::MskIam,
+        kafka_options: Vec::new(),
+    };
+    let config = EcsConfig {
+        cluster,
+        task_definition: "loadwave-driver".into(),
+        subnets: ec2_ids(endpoint, "DescribeSubnets", "subnetId")
+            .into_iter()
+            .take(2)
+            .collect(),
+        security_groups: ec2_ids(endpoint, "DescribeSecurityGroups", "groupId")
+            .into_iter()
+            .take(1)
+            .collect(),
+        capacity_provider: "FARGATE_SPOT".into(),
+        container: "driver".into(),
+        kafka,
+    };
+    (client, config)
+}
+
+/// Ids from moto's default VPC (moto checks the subnets and groups `RunTask` names), read
+/// through the EC2 query API.
+fn ec2_ids(endpoint: &str, action: &str, tag: &str) -> Vec<String> {
+    let xml = ureq::get(&format!("{endpoint}/?Action={action}&Version=2016-11-15"))
+        .header("Authorization", "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=0")
+        .call()
+        .expect("moto EC2")
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let ids: Vec<String> = xml
+        .split(&open)
+        .skip(1)
+        .filter_map(|rest| rest.split_once(&close).map(|(id, _)| id.to_string()))
+        .collect();
+    assert!(!ids.is_empty(), "moto's default VPC has no {tag}: {xml}");
+    ids
+}
+
+async fn task_states(
+    client: &aws_sdk_ecs::Client,
+    cluster: &str,
+    arns: &[String],
+) -> Vec<aws_sdk_ecs::types::Task> {
+    client
+        .describe_tasks()
+        .cluster(cluster)
+        .set_tasks(Some(arns.to_vec()))
+        .send()
+        .await
+        .unwrap()
+        .tasks()
+        .to_vec()
+}
+
+#[tokio::test]
+async fn ecs_launches_in_batches_of_ten_and_stops_its_tasks() {
+    let endpoint = moto();
+    let counter = RunTaskCounter::default();
+    let (client, config) = ecs(&endpoint, counter.clone()).await;
+    let launcher = EcsLauncher::new(client.clone(), config.clone());
+    let slots = match launcher.acquire("t-ecs-12", 12, &[]).await {
+        Acquired::Drivers(slots) => slots,
+        other => panic!("12 tasks expected: {other:?}"),
+    };
+    assert_eq!(
+        *counter.0.lock().unwrap(),
+        vec![10, 2],
+        "two RunTask batches"
+    );
+    assert_eq!(slots.len(), 12);
+    let arns: Vec<String> = slots.iter().map(|s| s.handle.clone().unwrap()).collect();
+    for s in &slots {
+        assert_eq!(
+            s.id,
+            loadwave_proto::ecs_task_driver_id(s.handle.as_ref().unwrap())
+        );
+    }
+    let tasks = task_states(&client, &config.cluster, &arns).await;
+    assert_eq!(tasks.len(), 12);
+    for task in &tasks {
+        let env: BTreeMap<String, String> = task
+            .overrides()
+            .unwrap()
+            .container_overrides()
+            .iter()
+            .find(|c| c.name() == Some("driver"))
+            .expect("the driver container is overridden")
+            .environment()
+            .iter()
+            .map(|kv| {
+                (
+                    kv.name().unwrap().to_string(),
+                    kv.value().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(env["LOADWAVE_TEST_ID"], "t-ecs-12");
+        assert_eq!(env["KAFKA_BROKERS"], "b-1.msk:9098");
+        assert_eq!(env["LOADWAVE_TOPIC_PREFIX"], PREFIX);
+        assert_eq!(env["LOADWAVE_KAFKA_AUTH"], "msk-iam");
+        assert_eq!(task.desired_status(), Some("RUNNING"));
+    }
+    // Nothing stopped yet.
+    assert!(launcher.inspect(&slots).await.is_empty());
+    launcher.release("t-ecs-12", &slots).await;
+    for task in task_states(&client, &config.cluster, &arns).await {
+        assert_eq!(
+            task.desired_status(),
+            Some("STOPPED"),
+            "{:?}",
+            task.task_arn()
+        );
+    }
+    let gone = launcher.inspect(&slots).await;
+    assert_eq!(gone.len(), 12, "{gone:?}");
+    assert!(gone[0].1.contains("loadwave: test ended"), "{gone:?}");
+}
+
+fn register(driver: &str, test: Option<&str>) -> Message {
+    Message::Register(Register {
+        driver_id: driver.into(),
+        host: "ip-10-0-1-7".into(),
+        pid: 1,
+        version: "0.1.0".into(),
+        test_id: test.map(str::to_string),
+    })
+}
+
+fn report(test: &str, driver: &str, seq: u64, is_final: bool, requests: u64) -> Message {
+    let mut h = LatencyHistogram::new();
+    (0..requests).for_each(|i| h.record_us(500 + 7 * i));
+    Message::Metrics(MetricsReport {
+        test_id: test.into(),
+        driver_id: driver.into(),
+        seq,
+        is_final,
+        buckets: vec![BucketStats {
+            second: seq as u32,
+            requests,
+            errors: 0,
+            status_codes: BTreeMap::from([(200, requests)]),
+            error_kinds: BTreeMap::new(),
+            late: 0,
+            latency_sum_us: (0..requests).map(|i| 500 + 7 * i).sum(),
+            latency_min_us: 500,
+            latency_max_us: 500 + 7 * (requests - 1),
+            histogram: h.to_base64().unwrap(),
+        }],
+        totals: DriverTotals {
+            requests: requests * (seq + 1),
+            errors: 0,
+        },
+        elapsed_ms: 1_000 * (seq + 1),
+        stopped: false,
+        start_delay_us: Some(120),
+        health: DriverHealth::default(),
+    })
+}
+
+/// The fixture with its one record replaced by `messages` on `topic`, as an MSK event
+/// source mapping would deliver them (values base64).
+fn msk_event(topic: Topic, messages: &[Message]) -> Value {
+    let path = format!("{}/tests/data/msk_batch.json", env!("CARGO_MANIFEST_DIR"));
+    let mut event: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let template = event["records"]["loadwave.metrics-0"][0].clone();
+    let name = format!("{PREFIX}{}", topic.name());
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let records: Vec<Value> = messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let mut r = template.clone();
+            r["topic"] = name.clone().into();
+            r["offset"] = (100 + i).into();
+            r["value"] = b64.encode(m.encode()).into();
+            r
+        })
+        .collect();
+    event["records"] = serde_json::json!({ format!("{name}-0"): records });
+    event
+}
+
+fn schedule_event() -> Value {
+    let path = format!("{}/tests/data/schedule.json", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn msk_batches_fold_into_s3_and_concurrent_invocations_lose_nothing() {
+    let endpoint = moto();
+    let (client, ecs_config) = ecs(&endpoint, RunTaskCounter::default()).await;
+    let launcher: Arc<dyn Launcher> =
+        Arc::new(EcsLauncher::new(client.clone(), ecs_config.clone()));
+    let store = bucket(&endpoint);
+    let bus = MemoryBus::new();
+    let mut out = bus
+        .subscribe(
+            &[Topic::TestConfig, Topic::Trigger, Topic::Heartbeat],
+            "test",
+        )
+        .await
+        .unwrap();
+    let bus: Arc<dyn Bus> = Arc::new(bus);
+    let api = StoreBackend::new(
+        store.clone(),
+        launcher.clone(),
+        bus.clone(),
+        ecs_controller_options(),
+    );
+    let spec = loadwave_proto::TestSpec::from_json(
+        br#"{"target_url":"http://127.0.0.1:9/ping","test_type":"avalanche","drivers":3,"requests_per_driver":400}"#,
+    )
+    .unwrap();
+    let created = api.create(spec).await.unwrap();
+    let id = created.id.clone();
+    let drivers: Vec<String> = created.drivers.iter().map(|d| d.id.clone()).collect();
+    assert_eq!(drivers.len(), 3);
+    assert!(drivers.iter().all(|d| d.starts_with("task-")));
+
+    let controller = LambdaController::new(store.clone(), launcher.clone(), bus.clone());
+    // The tasks come up and announce themselves (not yet naming the test).
+    let hello: Vec<Message> = drivers.iter().map(|d| register(d, None)).collect();
+    let o = controller::handle(&controller, msk_event(Topic::Register, &hello), PREFIX, 1)
+        .await
+        .unwrap();
+    assert_eq!((o.records, o.tests), (3, 1));
+    let mut configs = 0;
+    while configs < 3 {
+        let (m, _) = out.next_message().await.unwrap();
+        if matches!(m, Message::TestConfig(ref c) if c.test_id == id) {
+            configs += 1;
+        }
+    }
+    // They confirm: one trigger goes out.
+    let ready: Vec<Message> = drivers.iter().map(|d| register(d, Some(&id))).collect();
+    controller::handle(&controller, msk_event(Topic::Register, &ready), PREFIX, 1)
+        .await
+        .unwrap();
+    let (m, _) = out.next_message().await.unwrap();
+    assert!(
+        matches!(m, Message::Trigger(ref t) if t.test_id == id),
+        "{m:?}"
+    );
+    assert_eq!(
+        api.view(&id).await.unwrap().unwrap().status,
+        TestStatus::Running
+    );
+
+    // Reports from three partitions (one per driver), folded by three invocations at
+    // once, all on the same test: conditional writes lose nothing.
+    let mut conflicts = 0;
+    for seq in 0..4u64 {
+        let events: Vec<Value> = drivers
+            .iter()
+            .map(|d| msk_event(Topic::Metrics, &[report(&id, d, seq, seq == 3, 100)]))
+            .collect();
+        let results = futures_join(
+            events
+                .into_iter()
+                .map(|e| controller::handle(&controller, e, PREFIX, 1)),
+        )
+        .await;
+        for r in results {
+            conflicts += r.unwrap().conflicts;
+        }
+    }
+    let view = api.view(&id).await.unwrap().unwrap();
+    assert_eq!(
+        view.summary.requests, 1_200,
+        "every report of every invocation folded"
+    );
+    assert_eq!(view.status, TestStatus::Completed);
+    assert!(view.verdict.unwrap().passed);
+    eprintln!("conditional-write conflicts redone: {conflicts}");
+
+    // The same batch again (an event source mapping retry): nothing changes.
+    let again = msk_event(Topic::Metrics, &[report(&id, &drivers[0], 2, false, 100)]);
+    controller::handle(&controller, again, PREFIX, 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        api.view(&id).await.unwrap().unwrap().summary.requests,
+        1_200
+    );
+    // The test is in the index, no longer active; its tasks were stopped.
+    assert!(store.active_ids().await.unwrap().is_empty());
+    assert_eq!(api.list().await.unwrap()[0].requests, 1_200);
+    let state = store.load(&id).await.unwrap().unwrap().0;
+    let arns: Vec<String> = state
+        .driver_slots()
+        .into_iter()
+        .filter_map(|s| s.handle)
+        .collect();
+    for task in task_states(&client, &ecs_config.cluster, &arns).await {
+        assert_eq!(
+            task.desired_status(),
+            Some("STOPPED"),
+            "tasks stopped at the end"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_schedule_ticks_and_finds_stopped_tasks() {
+    let endpoint = moto();
+    let (client, ecs_config) = ecs(&endpoint, RunTaskCounter::default()).await;
+    let launcher = Arc::new(EcsLauncher::new(client.clone(), ecs_config.clone()));
+    let store = bucket(&endpoint);
+    let bus = MemoryBus::new();
+    let mut ticks = bus.subscribe(&[Topic::Heartbeat], "test").await.unwrap();
+    let bus: Arc<dyn Bus> = Arc::new(bus);
+    let api = StoreBackend::new(
+        store.clone(),
+        launcher.clone(),
+        bus.clone(),
+        ecs_controller_options(),
+    );
+    let spec = loadwave_proto::TestSpec::from_json(
+        br#"{"target_url":"http://127.0.0.1:9/ping","test_type":"avalanche","drivers":2,"requests_per_driver":50}"#,
+    )
+    .unwrap();
+    let created = api.create(spec).await.unwrap();
+    let id = created.id.clone();
+    let controller = LambdaController::new(store.clone(), launcher.clone(), bus.clone());
+    let drivers: Vec<String> = created.drivers.iter().map(|d| d.id.clone()).collect();
+    let ready: Vec<Message> = drivers.iter().map(|d| register(d, Some(&id))).collect();
+    controller::handle(&controller, msk_event(Topic::Register, &ready), PREFIX, 1)
+        .await
+        .unwrap();
+    let beats: Vec<Message> = drivers
+        .iter()
+        .map(|d| {
+            Message::Heartbeat(Heartbeat {
+                driver_id: d.clone(),
+                seq: 1,
+                sent_at_ms: loadwave_proto::unix_ms_now(),
+                activity: Activity::Running,
+                test_id: Some(id.clone()),
+            })
+        })
+        .collect();
+    controller::handle(&controller, msk_event(Topic::Heartbeat, &beats), PREFIX, 1)
+        .await
+        .unwrap();
+    controller::handle(
+        &controller,
+        msk_event(Topic::Metrics, &[report(&id, &drivers[0], 0, true, 50)]),
+        PREFIX,
+        1,
+    )
+    .await
+    .unwrap();
+
+    // The second driver's task dies.
+    let state = store.load(&id).await.unwrap().unwrap().0;
+    let arn = state.driver_slots()[1].handle.clone().unwrap();
+    client
+        .stop_task()
+        .cluster(&ecs_config.cluster)
+        .task(&arn)
+        .reason("Essential container in task exited")
+        .send()
+        .await
+        .unwrap();
+    let o = controller::handle(&controller, schedule_event(), PREFIX, 1)
+        .await
+        .unwrap();
+    assert_eq!(o.ticks, 1);
+    let (tick, _) = ticks.next_message().await.unwrap();
+    assert!(matches!(tick, Message::Tick(_)), "{tick:?}");
+    let view = api.view(&id).await.unwrap().unwrap();
+    let lost = view.drivers.iter().find(|d| d.id == drivers[1]).unwrap();
+    assert_eq!(lost.state, loadwave_core::DriverPhase::Lost);
+    assert!(
+        lost.note
+            .as_deref()
+            .unwrap()
+            .contains("Essential container in task exited"),
+        "{:?}",
+        lost.note
+    );
+    assert_eq!(view.status, TestStatus::Completed);
+    assert_eq!(view.summary.requests, 50);
+    assert!(!view.verdict.unwrap().passed);
+
+    // Events it does not handle are refused, naming the source.
+    let err = controller::handle(
+        &controller,
+        serde_json::json!({"source": "aws.s3"}),
+        PREFIX,
+        1,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("aws.s3"), "{err}");
+}
+
+/// Runs futures concurrently on this task (no extra dependency).
+async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let handles: Vec<_> = futures.collect();
+    let mut pinned: Vec<std::pin::Pin<Box<F>>> = handles.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = (0..pinned.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in pinned.iter_mut().enumerate() {
+            if outputs[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => outputs[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().map(|o| o.unwrap()).collect()
+}
