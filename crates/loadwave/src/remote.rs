@@ -85,20 +85,28 @@ pub struct ListArgs {
 /// A failed call, worded for the terminal.
 struct Failure(String);
 
+/// The orchestrator's HTTP client: reqwest (async, so SigV4 signing and concurrent calls
+/// can come in without another client) driven from the CLI's synchronous commands by a
+/// small runtime of its own.
 struct Client {
-    agent: ureq::Agent,
+    http: reqwest::Client,
+    rt: tokio::runtime::Runtime,
     base: String,
 }
 
 impl Client {
     fn new(remote: &Remote) -> Client {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(30)))
-            .http_status_as_error(false)
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
             .build()
-            .into();
+            .expect("an HTTP client with the default TLS setup");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the HTTP client");
         Client {
-            agent,
+            http,
+            rt,
             base: remote.orchestrator.trim_end_matches('/').to_string(),
         }
     }
@@ -114,26 +122,29 @@ impl Client {
         body: Option<Vec<u8>>,
     ) -> Result<(u16, String), Failure> {
         let url = self.url(path);
-        let result = match (method, body) {
+        let request = match (method, body) {
             ("POST", Some(body)) => self
-                .agent
+                .http
                 .post(&url)
                 .header("content-type", "application/json")
-                .send(&body[..]),
-            ("POST", None) => self.agent.post(&url).send_empty(),
-            _ => self.agent.get(&url).call(),
+                .body(body),
+            ("POST", None) => self.http.post(&url),
+            _ => self.http.get(&url),
         };
-        let mut response = result.map_err(|e| {
-            Failure(format!(
-                "cannot reach the orchestrator at {}: {e}",
-                self.base
-            ))
+        let (status, text) = self.rt.block_on(async {
+            let response = request.send().await.map_err(|e| {
+                Failure(format!(
+                    "cannot reach the orchestrator at {}: {e}",
+                    self.base
+                ))
+            })?;
+            let status = response.status().as_u16();
+            let text = response
+                .text()
+                .await
+                .map_err(|e| Failure(format!("reading the answer of {url}: {e}")))?;
+            Ok::<_, Failure>((status, text))
         })?;
-        let status = response.status().as_u16();
-        let text = response
-            .body_mut()
-            .read_to_string()
-            .map_err(|e| Failure(format!("reading the answer of {url}: {e}")))?;
         if status >= 400 {
             let message = serde_json::from_str::<Value>(&text)
                 .ok()
