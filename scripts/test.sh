@@ -12,6 +12,15 @@ source "$(dirname "$0")/tools.sh"
 cd "$ROOT"
 
 command -v cargo >/dev/null || die "cargo is not installed (https://rustup.rs)"
+# librdkafka is built with TLS against the system's OpenSSL.
+if [[ ! -f /usr/include/openssl/ssl.h ]] || ! command -v pkg-config >/dev/null; then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    log "installing OpenSSL's headers and pkg-config (Debian packages)"
+    apt-get update -qq && apt-get install -y -qq libssl-dev pkg-config >/dev/null
+  else
+    die "OpenSSL's headers and pkg-config are needed (apt-get install libssl-dev pkg-config)"
+  fi
+fi
 
 log "building the workspace (binaries and tests, one build)"
 cargo build --workspace --bins --tests --locked

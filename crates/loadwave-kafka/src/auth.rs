@@ -274,5 +274,26 @@ mod tests {
                 .generate_oauth_token(None)
                 .is_err()
         );
+
+        // Wired: a client configured for MSK IAM asks for a token through librdkafka's
+        // refresh event as soon as it starts, before any broker answers.
+        let mut config = crate::KafkaConfig::new("127.0.0.1:1", "");
+        config.auth = KafkaAuth::MskIam;
+        let context = config.context();
+        // The future producer polls its events on a thread of its own.
+        let _producer: rdkafka::producer::FutureProducer<AuthContext> = config
+            .client()
+            .create_with_context(context.clone())
+            .expect("an MSK IAM client");
+        for _ in 0..50 {
+            if context.iam().unwrap().made() > 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(
+            context.iam().unwrap().made() >= 1,
+            "librdkafka never asked for a token"
+        );
     }
 }

@@ -102,7 +102,7 @@ impl KafkaConfig {
         format!("{}{}", self.topic_prefix, topic.name())
     }
 
-    fn client(&self) -> ClientConfig {
+    pub(crate) fn client(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
         // Local brokers come and go in tests; don't spam the log at every reconnect.

@@ -65,9 +65,10 @@ fn bucket(endpoint: &str) -> TestStore {
     TestStore::from_url(&format!("s3://{name}/state")).unwrap()
 }
 
-/// Counts `RunTask` calls and the tasks each asked for.
+/// Counts `RunTask` calls and the tasks each asked for; fails call number `fail_at`
+/// (1-based) when set, as a capacity or throttling error would.
 #[derive(Debug, Default, Clone)]
-struct RunTaskCounter(Arc<std::sync::Mutex<Vec<i32>>>);
+struct RunTaskCounter(Arc<std::sync::Mutex<Vec<i32>>>, Option<usize>);
 
 impl Intercept for RunTaskCounter {
     fn name(&self) -> &'static str {
@@ -80,7 +81,11 @@ impl Intercept for RunTaskCounter {
         _cfg: &mut ConfigBag,
     ) -> Result<(), aws_sdk_ecs::error::BoxError> {
         if let Some(input) = context.input().downcast_ref::<RunTaskInput>() {
-            self.0.lock().unwrap().push(input.count().unwrap_or(1));
+            let mut calls = self.0.lock().unwrap();
+            calls.push(input.count().unwrap_or(1));
+            if self.1 == Some(calls.len()) {
+                return Err("simulated: insufficient Fargate capacity".into());
+            }
         }
         Ok(())
     }
@@ -256,6 +261,43 @@ async fn ecs_launches_in_batches_of_ten_and_stops_its_tasks() {
     let gone = launcher.inspect(&slots).await;
     assert_eq!(gone.len(), 12, "{gone:?}");
     assert!(gone[0].1.contains("loadwave: test ended"), "{gone:?}");
+}
+
+/// The second batch fails: the ten tasks of the first are stopped and the test fails
+/// with the reason.
+#[tokio::test]
+async fn a_partial_launch_stops_what_started_and_names_the_reason() {
+    let endpoint = moto();
+    let counter = RunTaskCounter(Arc::default(), Some(2));
+    let (client, config) = ecs(&endpoint, counter.clone()).await;
+    let launcher = EcsLauncher::new(client.clone(), config.clone());
+    let reason = match launcher.acquire("t-partial", 15, &[]).await {
+        Acquired::Failed(reason) => reason,
+        other => panic!("a failure expected: {other:?}"),
+    };
+    assert!(
+        reason.contains("could not start 15 driver tasks"),
+        "{reason}"
+    );
+    assert!(reason.contains("insufficient Fargate capacity"), "{reason}");
+    assert_eq!(*counter.0.lock().unwrap(), vec![10, 5]);
+    let listed = client
+        .list_tasks()
+        .cluster(&config.cluster)
+        .desired_status(aws_sdk_ecs::types::DesiredStatus::Stopped)
+        .send()
+        .await
+        .unwrap();
+    let arns: Vec<String> = listed.task_arns().to_vec();
+    assert_eq!(arns.len(), 10, "the first batch's tasks were stopped");
+    let running = client
+        .list_tasks()
+        .cluster(&config.cluster)
+        .desired_status(aws_sdk_ecs::types::DesiredStatus::Running)
+        .send()
+        .await
+        .unwrap();
+    assert!(running.task_arns().is_empty(), "nothing left running");
 }
 
 fn register(driver: &str, test: Option<&str>) -> Message {
