@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use loadwave_proto::{Activity, Message, TestSpec, Topic};
 use serde::{Deserialize, Serialize};
 
+use crate::limits::Limits;
 use crate::state::{Applied, DriverSlot, TestOptions, TestState, TestStatus};
 use crate::view::TestView;
 
@@ -35,6 +36,18 @@ pub struct ControllerOptions {
     /// Least time between two snapshots of a running test (status changes are written at
     /// once).
     pub persist_every_ms: u64,
+    /// Caps on what a test may ask for.
+    pub limits: Limits,
+}
+
+impl ControllerOptions {
+    /// The options a new test gets: the coordination timing, and the running-time cap.
+    pub fn new_test_options(&self) -> TestOptions {
+        TestOptions {
+            max_duration_ms: self.limits.max_duration_ms(),
+            ..self.test
+        }
+    }
 }
 
 impl Default for ControllerOptions {
@@ -48,6 +61,7 @@ impl Default for ControllerOptions {
             },
             driver_wait_ms,
             persist_every_ms: 1_000,
+            limits: Limits::none(),
         }
     }
 }
@@ -242,7 +256,13 @@ impl ControllerCore {
     /// A new pending test, not yet stored: the caller writes [`ControllerCore::test`] and
     /// then calls [`ControllerCore::insert`].
     pub fn new_test(&self, id: &str, spec: TestSpec, now_ms: u64) -> TestState {
-        TestState::new(id, spec, Vec::new(), now_ms, self.options.test)
+        TestState::new(
+            id,
+            spec,
+            Vec::new(),
+            now_ms,
+            self.options.new_test_options(),
+        )
     }
 
     /// A test.

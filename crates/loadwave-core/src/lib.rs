@@ -17,6 +17,7 @@
 
 pub mod aggregate;
 pub mod controller;
+pub mod limits;
 pub mod session;
 pub mod state;
 pub mod view;
@@ -26,5 +27,6 @@ pub use controller::{
     Acquired, BusStats, ControllerCore, ControllerOptions, DriverInfo, DriverRequest, StopError,
     TestListItem,
 };
+pub use limits::{Limits, OverLimit};
 pub use state::{Applied, DriverPhase, DriverSlot, TestOptions, TestState, TestStatus};
 pub use view::{Check, DriverView, Summary, TestView, TimelinePoint, Verdict};

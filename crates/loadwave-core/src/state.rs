@@ -31,6 +31,10 @@ pub struct TestOptions {
     pub heartbeat_timeout_ms: u64,
     /// How often an unconfirmed configuration is sent again.
     pub config_resend_ms: u64,
+    /// A running test is stopped once it has run this long (`LOADWAVE_MAX_DURATION_S`);
+    /// no cap when `None`.
+    #[serde(default)]
+    pub max_duration_ms: Option<u64>,
 }
 
 impl Default for TestOptions {
@@ -42,6 +46,7 @@ impl Default for TestOptions {
             registration_timeout_ms: 30_000,
             heartbeat_timeout_ms: 3_000,
             config_resend_ms: 1_000,
+            max_duration_ms: None,
         }
     }
 }
@@ -295,12 +300,16 @@ impl TestState {
             .collect()
     }
 
-    /// Launcher handles of the drivers that have not finished their part.
-    pub fn unfinished_handles(&self) -> Vec<String> {
+    /// The drivers with a launcher handle that have not finished their part: the ones
+    /// worth asking the launcher about.
+    pub fn unfinished_slots(&self) -> Vec<DriverSlot> {
         self.drivers
             .iter()
-            .filter(|d| !d.phase.is_terminal())
-            .filter_map(|d| d.handle.clone())
+            .filter(|d| !d.phase.is_terminal() && d.handle.is_some())
+            .map(|d| DriverSlot {
+                id: d.id.clone(),
+                handle: d.handle.clone(),
+            })
             .collect()
     }
 
@@ -595,6 +604,19 @@ impl TestState {
                 }
             }
             TestStatus::Running => {
+                if let (Some(max), Some(start)) = (self.options.max_duration_ms, self.start_at_ms)
+                    && !self.stop_requested
+                    && now_ms >= start + max
+                {
+                    tracing::warn!(test_id = %self.id, max_ms = max, "maximum duration reached; stopping");
+                    self.error = Some(format!(
+                        "stopped after the maximum duration of {} s (LOADWAVE_MAX_DURATION_S)",
+                        max / 1_000
+                    ));
+                    self.stop_requested = true;
+                    self.trigger_sent_ms = Some(now_ms);
+                    out.push(self.trigger(TriggerAction::Stop));
+                }
                 let resend_due = self
                     .trigger_sent_ms
                     .is_none_or(|t| now_ms >= t + self.options.config_resend_ms);

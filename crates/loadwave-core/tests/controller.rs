@@ -406,3 +406,38 @@ fn ticks_find_silent_drivers() {
     assert_eq!(view.status, TestStatus::Failed);
     let _: &TestState = core.test("a").unwrap();
 }
+
+/// A running test is stopped once it reaches the deployment's maximum duration.
+#[test]
+fn the_maximum_duration_stops_a_running_test() {
+    let options = ControllerOptions {
+        limits: loadwave_core::Limits {
+            max_duration_s: Some(60),
+            ..loadwave_core::Limits::none()
+        },
+        ..ControllerOptions::default()
+    };
+    let mut core = ControllerCore::new(options);
+    with_test(&mut core, "a", &["a1"]);
+    start(&mut core, "a", &["a1"], T0);
+    core.ingest(
+        &heartbeat("a1", Some("a"), T0 + 1_000, Activity::Running),
+        T0 + 1_000,
+    );
+    let start_at = core.view("a").unwrap().start_at_ms.unwrap();
+    assert!(core.poll(start_at + 59_000).is_empty());
+    let out = core.poll(start_at + 60_000);
+    assert!(
+        matches!(&out[..], [Message::Trigger(t)] if t.action == TriggerAction::Stop),
+        "{out:?}"
+    );
+    let mut stopped = report("a", "a1", 0, true, 5);
+    if let Message::Metrics(r) = &mut stopped {
+        r.stopped = true;
+    }
+    core.ingest(&stopped, start_at + 60_100);
+    core.poll(start_at + 60_100);
+    let view = core.view("a").unwrap();
+    assert_eq!(view.status, TestStatus::Stopped);
+    assert!(view.error.unwrap().contains("LOADWAVE_MAX_DURATION_S"));
+}

@@ -160,6 +160,8 @@ impl From<crate::store::StoreError> for AppError {
 /// What the API needs from an orchestrator.
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
+    /// The caps a new test must stay within.
+    fn limits(&self) -> loadwave_core::Limits;
     /// Creates a test from a validated spec; it is stored before this answers.
     async fn create(&self, spec: TestSpec) -> Result<TestView, AppError>;
     /// A test's state, if it exists.
@@ -236,6 +238,13 @@ async fn create_test(
     State(orch): State<AppState>,
     SpecJson(spec): SpecJson,
 ) -> Result<(StatusCode, Json<TestView>), AppError> {
+    orch.limits()
+        .check(&spec)
+        .map_err(|over| AppError::Invalid {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            field: over.field.to_string(),
+            message: over.message,
+        })?;
     check_target(&spec).await?;
     let view = orch.create(spec).await?;
     Ok((StatusCode::CREATED, Json(view)))

@@ -22,8 +22,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use loadwave_bus::Bus;
 use loadwave_core::{
-    Acquired, ControllerCore, ControllerOptions, DriverInfo, DriverPhase, DriverSlot, TestListItem,
-    TestState, TestView, controller::count_statuses,
+    Acquired, ControllerCore, ControllerOptions, DriverInfo, DriverPhase, TestListItem, TestState,
+    TestView, controller::count_statuses,
 };
 use loadwave_proto::{Message, TestSpec, Tick, Topic, unix_ms_now};
 
@@ -61,11 +61,15 @@ impl StoreBackend {
 
 #[async_trait]
 impl Backend for StoreBackend {
+    fn limits(&self) -> loadwave_core::Limits {
+        self.options.limits
+    }
+
     async fn create(&self, spec: TestSpec) -> Result<TestView, AppError> {
         let now = unix_ms_now();
         let id = uuid::Uuid::now_v7().simple().to_string();
         let count = spec.drivers as usize;
-        let mut state = TestState::new(&id, spec, Vec::new(), now, self.options.test);
+        let mut state = TestState::new(&id, spec, Vec::new(), now, self.options.new_test_options());
         match self.launcher.acquire(&id, count, &[]).await {
             Acquired::Drivers(slots) => state.assign_drivers(slots, now),
             Acquired::Failed(reason) => {
@@ -290,12 +294,7 @@ impl LambdaController {
         }
         for (state, version) in self.store.load_active().await? {
             outcome.tests += 1;
-            let handles = state.unfinished_handles();
-            let slots: Vec<DriverSlot> = state
-                .driver_slots()
-                .into_iter()
-                .filter(|s| s.handle.as_ref().is_some_and(|h| handles.contains(h)))
-                .collect();
+            let slots = state.unfinished_slots();
             let gone = if slots.is_empty() {
                 Vec::new()
             } else {
@@ -401,10 +400,12 @@ impl LambdaClients {
     }
 }
 
-/// Test options for drivers on ECS: a Fargate task takes tens of seconds to be placed,
-/// pull its image and start, so registration may take up to three minutes.
-pub fn ecs_controller_options() -> ControllerOptions {
+/// The functions' options: drivers on ECS take tens of seconds to be placed, pull their
+/// image and start, so registration may take up to three minutes; the caps are the
+/// cloud defaults unless the `LOADWAVE_MAX_*` variables say otherwise.
+pub fn ecs_controller_options() -> Result<ControllerOptions, String> {
     let mut options = ControllerOptions::default();
     options.test.registration_timeout_ms = 180_000;
-    options
+    options.limits = loadwave_core::Limits::from_env(loadwave_core::Limits::cloud_defaults())?;
+    Ok(options)
 }

@@ -17,8 +17,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use loadwave_bus::{Bus, BusError, Delivery};
 use loadwave_core::{
-    BusStats, ControllerCore, ControllerOptions, DriverInfo, DriverRequest, DriverSlot,
-    TestListItem, TestView,
+    ControllerCore, ControllerOptions, DriverInfo, DriverRequest, DriverSlot, TestListItem,
+    TestView,
 };
 use loadwave_proto::{Message, TestSpec, Tick, Topic, unix_ms_now};
 use tokio::sync::{Notify, mpsc};
@@ -204,15 +204,7 @@ impl Orchestrator {
             .core()
             .tests()
             .filter(|t| !t.is_finished())
-            .map(|t| {
-                let handles = t.unfinished_handles();
-                let slots: Vec<DriverSlot> = t
-                    .driver_slots()
-                    .into_iter()
-                    .filter(|s| s.handle.as_ref().is_some_and(|h| handles.contains(h)))
-                    .collect();
-                (t.id().to_string(), slots)
-            })
+            .map(|t| (t.id().to_string(), t.unfinished_slots()))
             .filter(|(_, slots)| !slots.is_empty())
             .collect();
         if running.is_empty() {
@@ -247,6 +239,10 @@ impl Orchestrator {
 
 #[async_trait]
 impl Backend for Orchestrator {
+    fn limits(&self) -> loadwave_core::Limits {
+        self.core().options().limits
+    }
+
     async fn create(&self, spec: TestSpec) -> Result<TestView, AppError> {
         let now = unix_ms_now();
         let id = uuid::Uuid::now_v7().simple().to_string();
@@ -290,13 +286,5 @@ impl Backend for Orchestrator {
                 .count(),
             bus: core.stats().clone(),
         })
-    }
-}
-
-/// Counts of unusable messages (for tests).
-impl Orchestrator {
-    /// Counts of unusable messages.
-    pub fn bus_stats(&self) -> BusStats {
-        self.core().stats().clone()
     }
 }

@@ -112,6 +112,9 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut options = ControllerOptions {
         driver_wait_ms: args.driver_wait_ms,
+        // No caps by default on a local orchestrator; LOADWAVE_MAX_* set some.
+        limits: loadwave_core::Limits::from_env(loadwave_core::Limits::none())
+            .map_err(anyhow::Error::msg)?,
         ..ControllerOptions::default()
     };
     options.test.start_lead_ms = args.start_lead_ms;

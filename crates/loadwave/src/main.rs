@@ -16,6 +16,7 @@
 mod remote;
 mod render;
 mod run;
+mod sigv4;
 mod spec_args;
 
 use std::process::ExitCode;

@@ -16,6 +16,7 @@ use serde_json::Value;
 use crate::exit;
 use crate::render::{print_view, progress_line, thousands};
 use crate::run::exit_code;
+use crate::sigv4::Signer;
 use crate::spec_args::SpecArgs;
 
 /// Where the orchestrator is.
@@ -29,6 +30,11 @@ pub struct Remote {
         global = true
     )]
     orchestrator: String,
+    /// Sign every request with AWS SigV4 (an API Gateway with IAM authorization), with
+    /// credentials from the standard AWS chain; the region comes from the URL or
+    /// `AWS_REGION`.
+    #[arg(long, global = true)]
+    aws_sigv4: bool,
 }
 
 /// Flags of `loadwave start`.
@@ -92,10 +98,11 @@ struct Client {
     http: reqwest::Client,
     rt: tokio::runtime::Runtime,
     base: String,
+    signer: Option<Signer>,
 }
 
 impl Client {
-    fn new(remote: &Remote) -> Client {
+    fn new(remote: &Remote) -> Result<Client, Failure> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
@@ -104,11 +111,18 @@ impl Client {
             .enable_all()
             .build()
             .expect("a runtime for the HTTP client");
-        Client {
+        let base = remote.orchestrator.trim_end_matches('/').to_string();
+        let signer = if remote.aws_sigv4 {
+            Some(Signer::from_chain(&base, &rt).map_err(Failure)?)
+        } else {
+            None
+        };
+        Ok(Client {
             http,
             rt,
-            base: remote.orchestrator.trim_end_matches('/').to_string(),
-        }
+            base,
+            signer,
+        })
     }
 
     fn url(&self, path: &str) -> String {
@@ -122,15 +136,30 @@ impl Client {
         body: Option<Vec<u8>>,
     ) -> Result<(u16, String), Failure> {
         let url = self.url(path);
-        let request = match (method, body) {
-            ("POST", Some(body)) => self
-                .http
-                .post(&url)
-                .header("content-type", "application/json")
-                .body(body),
-            ("POST", None) => self.http.post(&url),
-            _ => self.http.get(&url),
+        let method = if method == "POST" { "POST" } else { "GET" };
+        let body = body.unwrap_or_default();
+        let mut headers: Vec<(&str, &str)> = Vec::new();
+        if !body.is_empty() {
+            headers.push(("content-type", "application/json"));
+        }
+        let signed = match &self.signer {
+            Some(signer) => signer
+                .sign(method, &url, &headers, &body, std::time::SystemTime::now())
+                .map_err(Failure)?,
+            None => Vec::new(),
         };
+        let mut request = if method == "POST" {
+            self.http.post(&url)
+        } else {
+            self.http.get(&url)
+        };
+        for (name, value) in headers.iter().copied() {
+            request = request.header(name, value);
+        }
+        for (name, value) in &signed {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let request = request.body(body);
         let (status, text) = self.rt.block_on(async {
             let response = request.send().await.map_err(|e| {
                 Failure(format!(
@@ -190,7 +219,10 @@ pub fn start(remote: &Remote, args: StartArgs) -> u8 {
             return exit::ERROR;
         }
     };
-    let client = Client::new(remote);
+    let client = match Client::new(remote) {
+        Ok(c) => c,
+        Err(f) => return fail(f),
+    };
     let body = serde_json::to_vec(&spec).expect("specs serialize");
     let created: TestView = match client.json("POST", "/tests", Some(body)) {
         Ok(v) => v,
@@ -291,7 +323,10 @@ fn ctrlc_handler(f: impl Fn() + Send + 'static) -> std::io::Result<()> {
 
 /// `loadwave status`.
 pub fn status(remote: &Remote, args: StatusArgs) -> u8 {
-    let client = Client::new(remote);
+    let client = match Client::new(remote) {
+        Ok(c) => c,
+        Err(f) => return fail(f),
+    };
     match client.json::<TestView>("GET", &format!("/tests/{}", args.id), None) {
         Ok(view) => {
             print_view(&view, args.json);
@@ -303,7 +338,10 @@ pub fn status(remote: &Remote, args: StatusArgs) -> u8 {
 
 /// `loadwave list`.
 pub fn list(remote: &Remote, args: ListArgs) -> u8 {
-    let client = Client::new(remote);
+    let client = match Client::new(remote) {
+        Ok(c) => c,
+        Err(f) => return fail(f),
+    };
     let tests: Vec<Value> = match client.json("GET", "/tests", None) {
         Ok(t) => t,
         Err(f) => return fail(f),
@@ -343,7 +381,10 @@ pub fn list(remote: &Remote, args: ListArgs) -> u8 {
 
 /// `loadwave stop`.
 pub fn stop(remote: &Remote, args: StopArgs) -> u8 {
-    let client = Client::new(remote);
+    let client = match Client::new(remote) {
+        Ok(c) => c,
+        Err(f) => return fail(f),
+    };
     match client.call("POST", &format!("/tests/{}/stop", args.id), None) {
         Ok(_) => {
             println!("stopping {}", args.id);
@@ -355,7 +396,10 @@ pub fn stop(remote: &Remote, args: StopArgs) -> u8 {
 
 /// `loadwave report`.
 pub fn report(remote: &Remote, args: ReportArgs) -> u8 {
-    let client = Client::new(remote);
+    let client = match Client::new(remote) {
+        Ok(c) => c,
+        Err(f) => return fail(f),
+    };
     let html = match client.call("GET", &format!("/tests/{}/report", args.id), None) {
         Ok((_, html)) => html,
         Err(f) => return fail(f),

@@ -9,6 +9,6 @@ use loadwave_orchestrator::aws::{LambdaClients, ecs_controller_options};
 async fn main() -> Result<(), lambda_http::Error> {
     lambda_http::tracing::init_default_subscriber();
     let c = LambdaClients::from_env().await?;
-    let backend = StoreBackend::new(c.store, c.launcher, c.bus, ecs_controller_options());
+    let backend = StoreBackend::new(c.store, c.launcher, c.bus, ecs_controller_options()?);
     lambda_http::run(api::handler(Arc::new(backend))).await
 }

@@ -73,7 +73,7 @@ async fn v1_and_v2_events_route_to_the_same_contract() {
         TestStore::memory(),
         launcher.clone(),
         Arc::new(bus.clone()),
-        ecs_controller_options(),
+        ecs_controller_options().unwrap(),
     ));
 
     // v2, $default stage: create.
@@ -106,6 +106,17 @@ async fn v1_and_v2_events_route_to_the_same_contract() {
             .as_str()
             .unwrap()
             .contains("169.254.169.254")
+    );
+
+    // Caps against runaway cost: the cloud defaults allow 10 drivers.
+    let (status, err) = call(backend.clone(), "apigw_v2_post_too_many_drivers.json", "").await;
+    assert_eq!(status, 422, "{err}");
+    assert_eq!(err["error"]["field"], "drivers");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("LOADWAVE_MAX_DRIVERS")
     );
 
     // Stop: recorded in the store, the trigger published, the pending test's tasks

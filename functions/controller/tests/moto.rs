@@ -389,7 +389,7 @@ async fn msk_batches_fold_into_s3_and_concurrent_invocations_lose_nothing() {
         store.clone(),
         launcher.clone(),
         bus.clone(),
-        ecs_controller_options(),
+        ecs_controller_options().unwrap(),
     );
     let spec = loadwave_proto::TestSpec::from_json(
         br#"{"target_url":"http://127.0.0.1:9/ping","test_type":"avalanche","drivers":3,"requests_per_driver":400}"#,
@@ -497,7 +497,7 @@ async fn the_schedule_ticks_and_finds_stopped_tasks() {
         store.clone(),
         launcher.clone(),
         bus.clone(),
-        ecs_controller_options(),
+        ecs_controller_options().unwrap(),
     );
     let spec = loadwave_proto::TestSpec::from_json(
         br#"{"target_url":"http://127.0.0.1:9/ping","test_type":"avalanche","drivers":2,"requests_per_driver":50}"#,
