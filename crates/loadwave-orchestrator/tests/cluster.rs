@@ -590,3 +590,63 @@ fn the_process_launcher_starts_dedicated_drivers() {
         .collect();
     assert_eq!(ids, [format!("{id}-1"), format!("{id}-2")]);
 }
+
+/// The orchestrator's committed offset on `metrics` (partition 0), read from the broker.
+fn committed_metrics_offset(brokers: &str, prefix: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{prefix}orchestrator"))
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition(&format!("{prefix}metrics"), 0);
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    match committed.elements()[0].offset() {
+        rdkafka::Offset::Offset(n) => n,
+        _ => 0,
+    }
+}
+
+/// Two tests running at once: the orchestrator keeps committing what it has written (it
+/// used to wait for a moment when no test at all had unwritten changes, which never came
+/// while two tests overlapped).
+#[test]
+fn offsets_are_committed_while_two_tests_overlap() {
+    let _serial = serial();
+    let mut s = Stack::new("overlap", &brokers());
+    s.start_orchestrator(&[]);
+    for d in ["d1", "d2"] {
+        s.start_driver(d);
+    }
+    s.wait_idle_drivers(2);
+    // 1,200 requests at 5 ms: six seconds each, overlapping.
+    let a = s.create(s.spec("tsunami", 1, 1_200, Some(5.0)));
+    let b = s.create(s.spec("tsunami", 1, 1_200, Some(5.0)));
+    for id in [&a, &b] {
+        s.wait_test(id, Duration::from_secs(30), "test never reported", |v| {
+            v["status"] == "running" && u(&v["summary"]["requests"]) > 0
+        });
+    }
+    let first = committed_metrics_offset(&s.brokers, &s.prefix);
+    std::thread::sleep(Duration::from_millis(2_500));
+    let second = committed_metrics_offset(&s.brokers, &s.prefix);
+    for id in [&a, &b] {
+        let (_, view) = s.get(&format!("/tests/{id}"));
+        assert_eq!(
+            view["status"], "running",
+            "both tests still overlap: {view}"
+        );
+    }
+    assert!(
+        second > first,
+        "the committed metrics offset stood at {first} → {second} while two tests ran\n{}",
+        s.logs()
+    );
+    for id in [&a, &b] {
+        let view = s.wait_finished(id, Duration::from_secs(60));
+        assert_eq!(u(&view["summary"]["requests"]), 1_200);
+    }
+}
