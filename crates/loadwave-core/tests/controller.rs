@@ -1,15 +1,11 @@
 //! The controller core: registry, several tests at once, acknowledgements, re-delivered
 //! and reordered batches, launcher answers.
 
-use std::collections::BTreeMap;
-
 use loadwave_core::{
     Acquired, ControllerCore, ControllerOptions, DriverPhase, DriverSlot, TestState, TestStatus,
 };
-use loadwave_proto::{
-    Activity, BucketStats, DriverHealth, DriverTotals, Heartbeat, LatencyHistogram, Message,
-    MetricsReport, Register, TestSpec, Tick, Topic, TriggerAction,
-};
+use loadwave_proto::{Activity, Message, TestSpec, Tick, Topic, TriggerAction};
+use loadwave_testkit::messages::{heartbeat, register, report};
 
 const T0: u64 = 1_700_000_000_000;
 
@@ -21,57 +17,6 @@ fn spec(drivers: u32, requests: u64) -> TestSpec {
         "requests_per_driver": requests,
     });
     TestSpec::from_json(json.to_string().as_bytes()).unwrap()
-}
-
-fn register(driver: &str, test: Option<&str>) -> Message {
-    Message::Register(Register {
-        driver_id: driver.into(),
-        host: "h".into(),
-        pid: 7,
-        version: "0".into(),
-        test_id: test.map(str::to_string),
-    })
-}
-
-fn heartbeat(driver: &str, test: Option<&str>, at: u64, activity: Activity) -> Message {
-    Message::Heartbeat(Heartbeat {
-        driver_id: driver.into(),
-        seq: at / 1000,
-        sent_at_ms: at,
-        activity,
-        test_id: test.map(str::to_string),
-    })
-}
-
-fn report(test: &str, driver: &str, seq: u64, is_final: bool, requests: u64) -> Message {
-    let mut h = LatencyHistogram::new();
-    (0..requests).for_each(|i| h.record_us(1_000 + i));
-    Message::Metrics(MetricsReport {
-        test_id: test.into(),
-        driver_id: driver.into(),
-        seq,
-        is_final,
-        buckets: vec![BucketStats {
-            second: seq as u32,
-            requests,
-            errors: 0,
-            status_codes: BTreeMap::from([(200, requests)]),
-            error_kinds: BTreeMap::new(),
-            late: 0,
-            latency_sum_us: (0..requests).map(|i| 1_000 + i).sum(),
-            latency_min_us: 1_000,
-            latency_max_us: 1_000 + requests.saturating_sub(1),
-            histogram: h.to_base64().unwrap(),
-        }],
-        totals: DriverTotals {
-            requests: requests * (seq + 1),
-            errors: 0,
-        },
-        elapsed_ms: 1000 * (seq + 1),
-        stopped: false,
-        start_delay_us: Some(50),
-        health: DriverHealth::default(),
-    })
 }
 
 /// A core holding pending test `id` whose drivers are `drivers` (assigned at `T0`).

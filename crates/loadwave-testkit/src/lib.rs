@@ -4,7 +4,10 @@
 //!   builds every binary of the workspace before the tests run);
 //! - [`Proc`] is a child process killed (and reaped) when dropped;
 //! - [`TargetServer`] is a `loadwave-target` on a free port with its `/metrics` at hand;
-//! - [`http_get`] is a dependency-free GET for the tests' own checks.
+//! - [`http_get`] is a dependency-free GET for the tests' own checks;
+//! - [`messages`] builds driver messages for tests that feed a controller by hand.
+
+pub mod messages;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

@@ -18,10 +18,8 @@ use loadwave_orchestrator::aws::ecs_controller_options;
 use loadwave_orchestrator::{
     EcsConfig, EcsLauncher, LambdaController, Launcher, StoreBackend, TestStore,
 };
-use loadwave_proto::{
-    Activity, BucketStats, DriverHealth, DriverTotals, Heartbeat, LatencyHistogram, Message,
-    MetricsReport, Register, Topic,
-};
+use loadwave_proto::{Activity, Message, Topic};
+use loadwave_testkit::messages::{heartbeat, register, report};
 use serde_json::Value;
 
 const PREFIX: &str = "loadwave.";
@@ -300,47 +298,6 @@ async fn a_partial_launch_stops_what_started_and_names_the_reason() {
     assert!(running.task_arns().is_empty(), "nothing left running");
 }
 
-fn register(driver: &str, test: Option<&str>) -> Message {
-    Message::Register(Register {
-        driver_id: driver.into(),
-        host: "ip-10-0-1-7".into(),
-        pid: 1,
-        version: "0.1.0".into(),
-        test_id: test.map(str::to_string),
-    })
-}
-
-fn report(test: &str, driver: &str, seq: u64, is_final: bool, requests: u64) -> Message {
-    let mut h = LatencyHistogram::new();
-    (0..requests).for_each(|i| h.record_us(500 + 7 * i));
-    Message::Metrics(MetricsReport {
-        test_id: test.into(),
-        driver_id: driver.into(),
-        seq,
-        is_final,
-        buckets: vec![BucketStats {
-            second: seq as u32,
-            requests,
-            errors: 0,
-            status_codes: BTreeMap::from([(200, requests)]),
-            error_kinds: BTreeMap::new(),
-            late: 0,
-            latency_sum_us: (0..requests).map(|i| 500 + 7 * i).sum(),
-            latency_min_us: 500,
-            latency_max_us: 500 + 7 * (requests - 1),
-            histogram: h.to_base64().unwrap(),
-        }],
-        totals: DriverTotals {
-            requests: requests * (seq + 1),
-            errors: 0,
-        },
-        elapsed_ms: 1_000 * (seq + 1),
-        stopped: false,
-        start_delay_us: Some(120),
-        health: DriverHealth::default(),
-    })
-}
-
 /// The fixture with its one record replaced by `messages` on `topic`, as an MSK event
 /// source mapping would deliver them (values base64).
 fn msk_event(topic: Topic, messages: &[Message]) -> Value {
@@ -514,13 +471,12 @@ async fn the_schedule_ticks_and_finds_stopped_tasks() {
     let beats: Vec<Message> = drivers
         .iter()
         .map(|d| {
-            Message::Heartbeat(Heartbeat {
-                driver_id: d.clone(),
-                seq: 1,
-                sent_at_ms: loadwave_proto::unix_ms_now(),
-                activity: Activity::Running,
-                test_id: Some(id.clone()),
-            })
+            heartbeat(
+                d,
+                Some(&id),
+                loadwave_proto::unix_ms_now(),
+                Activity::Running,
+            )
         })
         .collect();
     controller::handle(&controller, msk_event(Topic::Heartbeat, &beats), PREFIX, 1)
