@@ -5,6 +5,10 @@
 #   make local-aws   the AWS shape without an account: the Lambda binaries under AWS's runtime
 #                    interface emulator, moto for S3 and ECS, a real Kafka for MSK
 #   make local-aws-down  stop it
+#   make infra-check terraform fmt/validate, checkov, tfsec and our own checks of infra/
+#   make build-lambda the Lambda zips (cargo lambda; LOADWAVE_LAMBDA_ARCH=arm64|x86_64)
+#   make deploy      preflight, Lambda zips, images to ECR, terraform apply; prints the API URL
+#   make destroy     terraform destroy (images included)
 #   make kafka-up    a single-node Kafka broker (KRaft) on 127.0.0.1:$KAFKA_PORT (9092)
 #   make kafka-down  stop it
 #   make test        everything CI runs: build once, start Kafka, unit and integration tests
@@ -14,7 +18,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: local local-down local-aws local-aws-down kafka-up kafka-down test lint bench build build-release
+.PHONY: local local-down local-aws local-aws-down infra-check build-lambda deploy destroy kafka-up kafka-down test lint bench build build-release
 
 build:
 	$(CARGO) build --workspace --bins --tests
@@ -33,6 +37,18 @@ local-aws:
 
 local-aws-down:
 	bash scripts/local-aws.sh down
+
+infra-check:
+	bash scripts/infra-check.sh
+
+build-lambda:
+	bash scripts/build-lambda.sh
+
+deploy:
+	bash scripts/deploy.sh deploy
+
+destroy:
+	bash scripts/deploy.sh destroy
 
 kafka-up:
 	bash scripts/kafka.sh up

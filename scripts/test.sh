@@ -55,8 +55,15 @@ set +e
 cargo test --workspace --locked -- --test-threads 2 2>&1 | tee "$out"
 status=${PIPESTATUS[0]}
 set -e
+log "checking infra/ (make infra-check)"
+infra_status=0
+bash "$ROOT/scripts/infra-check.sh" || infra_status=$?
 # One closing line over every test binary (cargo prints one per binary, the last often a
 # crate's empty doc-test run).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$out"
+if [[ $status == 0 && $infra_status != 0 ]]; then
+  echo "make infra-check failed (above)" >&2
+  status=$infra_status
+fi
 exit "$status"

@@ -243,6 +243,10 @@ impl EcsConfig {
                 "LOADWAVE_KAFKA_AUTH".into(),
                 self.kafka.kafka_auth.as_str().into(),
             ),
+            (
+                "LOADWAVE_KAFKA_REPLICATION".into(),
+                self.kafka.kafka_replication.to_string(),
+            ),
         ]
     }
 }
@@ -480,6 +484,7 @@ mod tests {
             brokers: "127.0.0.1:1".into(),
             topic_prefix: "p.".into(),
             kafka_auth: loadwave_kafka::KafkaAuth::None,
+            kafka_replication: 1,
             kafka_options: vec!["client.id=x".into()],
         }
     }

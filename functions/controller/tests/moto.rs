@@ -141,6 +141,7 @@ async fn ecs(endpoint: &str, counter: RunTaskCounter) -> (aws_sdk_ecs::Client, E
         brokers: "b-1.msk:9098".into(),
         topic_prefix: PREFIX.into(),
         kafka_auth: KafkaAuth::MskIam,
+        kafka_replication: 2,
         kafka_options: Vec::new(),
     };
     let config = EcsConfig {
