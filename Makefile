@@ -1,7 +1,12 @@
 # loadwave — developer entry points. Every target is a thin wrapper over scripts/.
 #
-#   make local       the native stack (Kafka, orchestrator, 3 drivers, target) and two demo tests
+#   make local       the whole stack (Kafka, orchestrator, 3 drivers, target) and two demo tests:
+#                    docker compose when a Docker (or Podman) engine answers, native processes
+#                    otherwise; LOADWAVE_LOCAL=compose|native forces one
 #   make local-down  stop what `make local` started
+#   make images      the driver, target and orchestrator images (release)
+#   make compose-check  images built from the Dockerfiles, the compose stack up under Podman,
+#                    an Avalanche and a Tsunami test counted against the target, down
 #   make local-aws   the AWS shape without an account: the Lambda binaries under AWS's runtime
 #                    interface emulator, moto for S3 and ECS, a real Kafka for MSK
 #   make local-aws-down  stop it
@@ -18,7 +23,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: local local-down local-aws local-aws-down infra-check build-lambda deploy destroy kafka-up kafka-down test lint bench build build-release
+.PHONY: local local-down local-aws local-aws-down images compose-check infra-check build-lambda deploy destroy kafka-up kafka-down test lint bench build build-release
 
 build:
 	$(CARGO) build --workspace --bins --tests
@@ -27,10 +32,22 @@ build-release:
 	$(CARGO) build --release --bins
 
 local:
-	bash scripts/local.sh up
+	@mode=$${LOADWAVE_LOCAL:-auto}; \
+	if [ "$$mode" = compose ] || { [ "$$mode" = auto ] && bash scripts/compose.sh engine >/dev/null 2>&1; }; then \
+	  bash scripts/compose.sh up; \
+	else \
+	  bash scripts/local.sh up; \
+	fi
 
 local-down:
+	bash scripts/compose.sh down
 	bash scripts/local.sh down
+
+images:
+	bash scripts/images.sh all
+
+compose-check:
+	bash scripts/compose-check.sh
 
 local-aws:
 	bash scripts/local-aws.sh up

@@ -3,7 +3,9 @@
 # tools the AWS tests need (moto, the Lambda runtime interface emulator; cached in
 # ~/.cache/loadwave), start a real Apache Kafka broker (KRaft, jars from Maven Central) with
 # a plaintext and a TLS listener (a throwaway CA) and moto for S3 and ECS, run every unit
-# and integration test against them, stop everything.
+# and integration test against them, stop everything; then `make infra-check` (Terraform
+# checks) and `make compose-check` (the images built from their Dockerfiles and the compose
+# stack run under Podman).
 #
 # Environment: TEST_KAFKA_PORT (19092; its TLS listener on +2), TEST_MOTO_PORT (15055).
 set -euo pipefail
@@ -58,6 +60,9 @@ set -e
 log "checking infra/ (make infra-check)"
 infra_status=0
 bash "$ROOT/scripts/infra-check.sh" || infra_status=$?
+log "checking the images and docker-compose.yml (make compose-check)"
+compose_status=0
+bash "$ROOT/scripts/compose-check.sh" || compose_status=$?
 # One closing line over every test binary (cargo prints one per binary, the last often a
 # crate's empty doc-test run).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
@@ -65,5 +70,9 @@ awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $
 if [[ $status == 0 && $infra_status != 0 ]]; then
   echo "make infra-check failed (above)" >&2
   status=$infra_status
+fi
+if [[ $status == 0 && $compose_status != 0 ]]; then
+  echo "make compose-check failed (above)" >&2
+  status=$compose_status
 fi
 exit "$status"
