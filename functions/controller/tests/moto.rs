@@ -327,64 +327,95 @@ fn schedule_event() -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// One test created through the API function's backend on moto (S3 and ECS), with the
+/// controller function's logic over the same clients and a bus the test reads.
+struct Deployed {
+    client: aws_sdk_ecs::Client,
+    ecs_config: EcsConfig,
+    store: TestStore,
+    api: StoreBackend,
+    controller: LambdaController,
+    out: loadwave_bus::Subscription,
+    id: String,
+    drivers: Vec<String>,
+}
+
+impl Deployed {
+    /// A test of `drivers` Avalanche drivers × `requests`; `out` reads `topics`.
+    async fn create(drivers: u32, requests: u64, topics: &[Topic]) -> Deployed {
+        let endpoint = moto();
+        let (client, ecs_config) = ecs(&endpoint, RunTaskCounter::default()).await;
+        let launcher: Arc<dyn Launcher> =
+            Arc::new(EcsLauncher::new(client.clone(), ecs_config.clone()));
+        let store = bucket(&endpoint);
+        let bus = MemoryBus::new();
+        let out = bus.subscribe(topics, "test").await.unwrap();
+        let bus: Arc<dyn Bus> = Arc::new(bus);
+        let api = StoreBackend::new(
+            store.clone(),
+            launcher.clone(),
+            bus.clone(),
+            ecs_controller_options().unwrap(),
+        );
+        let spec = serde_json::json!({
+            "target_url": "http://127.0.0.1:9/ping", "test_type": "avalanche",
+            "drivers": drivers, "requests_per_driver": requests,
+        });
+        let spec = loadwave_proto::TestSpec::from_json(spec.to_string().as_bytes()).unwrap();
+        let created = api.create(spec).await.unwrap();
+        let controller = LambdaController::new(store.clone(), launcher, bus);
+        Deployed {
+            client,
+            ecs_config,
+            store,
+            api,
+            controller,
+            out,
+            id: created.id.clone(),
+            drivers: created.drivers.iter().map(|d| d.id.clone()).collect(),
+        }
+    }
+
+    /// The controller function's handler on `event`.
+    async fn handle(&self, event: Value) -> loadwave_orchestrator::aws::BatchOutcome {
+        controller::handle(&self.controller, event, PREFIX, 1)
+            .await
+            .unwrap()
+    }
+}
+
 #[tokio::test]
 async fn msk_batches_fold_into_s3_and_concurrent_invocations_lose_nothing() {
-    let endpoint = moto();
-    let (client, ecs_config) = ecs(&endpoint, RunTaskCounter::default()).await;
-    let launcher: Arc<dyn Launcher> =
-        Arc::new(EcsLauncher::new(client.clone(), ecs_config.clone()));
-    let store = bucket(&endpoint);
-    let bus = MemoryBus::new();
-    let mut out = bus
-        .subscribe(
-            &[Topic::TestConfig, Topic::Trigger, Topic::Heartbeat],
-            "test",
-        )
-        .await
-        .unwrap();
-    let bus: Arc<dyn Bus> = Arc::new(bus);
-    let api = StoreBackend::new(
-        store.clone(),
-        launcher.clone(),
-        bus.clone(),
-        ecs_controller_options().unwrap(),
-    );
-    let spec = loadwave_proto::TestSpec::from_json(
-        br#"{"target_url":"http://127.0.0.1:9/ping","test_type":"avalanche","drivers":3,"requests_per_driver":400}"#,
+    let mut d = Deployed::create(
+        3,
+        400,
+        &[Topic::TestConfig, Topic::Trigger, Topic::Heartbeat],
     )
-    .unwrap();
-    let created = api.create(spec).await.unwrap();
-    let id = created.id.clone();
-    let drivers: Vec<String> = created.drivers.iter().map(|d| d.id.clone()).collect();
+    .await;
+    let (id, drivers) = (d.id.clone(), d.drivers.clone());
     assert_eq!(drivers.len(), 3);
     assert!(drivers.iter().all(|d| d.starts_with("task-")));
-
-    let controller = LambdaController::new(store.clone(), launcher.clone(), bus.clone());
     // The tasks come up and announce themselves (not yet naming the test).
     let hello: Vec<Message> = drivers.iter().map(|d| register(d, None)).collect();
-    let o = controller::handle(&controller, msk_event(Topic::Register, &hello), PREFIX, 1)
-        .await
-        .unwrap();
+    let o = d.handle(msk_event(Topic::Register, &hello)).await;
     assert_eq!((o.records, o.tests), (3, 1));
     let mut configs = 0;
     while configs < 3 {
-        let (m, _) = out.next_message().await.unwrap();
+        let (m, _) = d.out.next_message().await.unwrap();
         if matches!(m, Message::TestConfig(ref c) if c.test_id == id) {
             configs += 1;
         }
     }
     // They confirm: one trigger goes out.
     let ready: Vec<Message> = drivers.iter().map(|d| register(d, Some(&id))).collect();
-    controller::handle(&controller, msk_event(Topic::Register, &ready), PREFIX, 1)
-        .await
-        .unwrap();
-    let (m, _) = out.next_message().await.unwrap();
+    d.handle(msk_event(Topic::Register, &ready)).await;
+    let (m, _) = d.out.next_message().await.unwrap();
     assert!(
         matches!(m, Message::Trigger(ref t) if t.test_id == id),
         "{m:?}"
     );
     assert_eq!(
-        api.view(&id).await.unwrap().unwrap().status,
+        d.api.view(&id).await.unwrap().unwrap().status,
         TestStatus::Running
     );
 
@@ -396,17 +427,12 @@ async fn msk_batches_fold_into_s3_and_concurrent_invocations_lose_nothing() {
             .iter()
             .map(|d| msk_event(Topic::Metrics, &[report(&id, d, seq, seq == 3, 100)]))
             .collect();
-        let results = futures_join(
-            events
-                .into_iter()
-                .map(|e| controller::handle(&controller, e, PREFIX, 1)),
-        )
-        .await;
+        let results = futures_join(events.into_iter().map(|e| d.handle(e))).await;
         for r in results {
-            conflicts += r.unwrap().conflicts;
+            conflicts += r.conflicts;
         }
     }
-    let view = api.view(&id).await.unwrap().unwrap();
+    let view = d.api.view(&id).await.unwrap().unwrap();
     assert_eq!(
         view.summary.requests, 1_200,
         "every report of every invocation folded"
@@ -417,23 +443,21 @@ async fn msk_batches_fold_into_s3_and_concurrent_invocations_lose_nothing() {
 
     // The same batch again (an event source mapping retry): nothing changes.
     let again = msk_event(Topic::Metrics, &[report(&id, &drivers[0], 2, false, 100)]);
-    controller::handle(&controller, again, PREFIX, 1)
-        .await
-        .unwrap();
+    d.handle(again).await;
     assert_eq!(
-        api.view(&id).await.unwrap().unwrap().summary.requests,
+        d.api.view(&id).await.unwrap().unwrap().summary.requests,
         1_200
     );
     // The test is in the index, no longer active; its tasks were stopped.
-    assert!(store.active_ids().await.unwrap().is_empty());
-    assert_eq!(api.list().await.unwrap()[0].requests, 1_200);
-    let state = store.load(&id).await.unwrap().unwrap().0;
+    assert!(d.store.active_ids().await.unwrap().is_empty());
+    assert_eq!(d.api.list().await.unwrap()[0].requests, 1_200);
+    let state = d.store.load(&id).await.unwrap().unwrap().0;
     let arns: Vec<String> = state
         .driver_slots()
         .into_iter()
         .filter_map(|s| s.handle)
         .collect();
-    for task in task_states(&client, &ecs_config.cluster, &arns).await {
+    for task in task_states(&d.client, &d.ecs_config.cluster, &arns).await {
         assert_eq!(
             task.desired_status(),
             Some("STOPPED"),
@@ -444,31 +468,10 @@ async fn msk_batches_fold_into_s3_and_concurrent_invocations_lose_nothing() {
 
 #[tokio::test]
 async fn the_schedule_ticks_and_finds_stopped_tasks() {
-    let endpoint = moto();
-    let (client, ecs_config) = ecs(&endpoint, RunTaskCounter::default()).await;
-    let launcher = Arc::new(EcsLauncher::new(client.clone(), ecs_config.clone()));
-    let store = bucket(&endpoint);
-    let bus = MemoryBus::new();
-    let mut ticks = bus.subscribe(&[Topic::Heartbeat], "test").await.unwrap();
-    let bus: Arc<dyn Bus> = Arc::new(bus);
-    let api = StoreBackend::new(
-        store.clone(),
-        launcher.clone(),
-        bus.clone(),
-        ecs_controller_options().unwrap(),
-    );
-    let spec = loadwave_proto::TestSpec::from_json(
-        br#"{"target_url":"http://127.0.0.1:9/ping","test_type":"avalanche","drivers":2,"requests_per_driver":50}"#,
-    )
-    .unwrap();
-    let created = api.create(spec).await.unwrap();
-    let id = created.id.clone();
-    let controller = LambdaController::new(store.clone(), launcher.clone(), bus.clone());
-    let drivers: Vec<String> = created.drivers.iter().map(|d| d.id.clone()).collect();
+    let mut d = Deployed::create(2, 50, &[Topic::Heartbeat]).await;
+    let (id, drivers) = (d.id.clone(), d.drivers.clone());
     let ready: Vec<Message> = drivers.iter().map(|d| register(d, Some(&id))).collect();
-    controller::handle(&controller, msk_event(Topic::Register, &ready), PREFIX, 1)
-        .await
-        .unwrap();
+    d.handle(msk_event(Topic::Register, &ready)).await;
     let beats: Vec<Message> = drivers
         .iter()
         .map(|d| {
@@ -480,36 +483,29 @@ async fn the_schedule_ticks_and_finds_stopped_tasks() {
             )
         })
         .collect();
-    controller::handle(&controller, msk_event(Topic::Heartbeat, &beats), PREFIX, 1)
-        .await
-        .unwrap();
-    controller::handle(
-        &controller,
-        msk_event(Topic::Metrics, &[report(&id, &drivers[0], 0, true, 50)]),
-        PREFIX,
-        1,
-    )
-    .await
-    .unwrap();
+    d.handle(msk_event(Topic::Heartbeat, &beats)).await;
+    d.handle(msk_event(
+        Topic::Metrics,
+        &[report(&id, &drivers[0], 0, true, 50)],
+    ))
+    .await;
 
     // The second driver's task dies.
-    let state = store.load(&id).await.unwrap().unwrap().0;
+    let state = d.store.load(&id).await.unwrap().unwrap().0;
     let arn = state.driver_slots()[1].handle.clone().unwrap();
-    client
+    d.client
         .stop_task()
-        .cluster(&ecs_config.cluster)
+        .cluster(&d.ecs_config.cluster)
         .task(&arn)
         .reason("Essential container in task exited")
         .send()
         .await
         .unwrap();
-    let o = controller::handle(&controller, schedule_event(), PREFIX, 1)
-        .await
-        .unwrap();
+    let o = d.handle(schedule_event()).await;
     assert_eq!(o.ticks, 1);
-    let (tick, _) = ticks.next_message().await.unwrap();
+    let (tick, _) = d.out.next_message().await.unwrap();
     assert!(matches!(tick, Message::Tick(_)), "{tick:?}");
-    let view = api.view(&id).await.unwrap().unwrap();
+    let view = d.api.view(&id).await.unwrap().unwrap();
     let lost = view.drivers.iter().find(|d| d.id == drivers[1]).unwrap();
     assert_eq!(lost.state, loadwave_core::DriverPhase::Lost);
     assert!(
@@ -526,7 +522,7 @@ async fn the_schedule_ticks_and_finds_stopped_tasks() {
 
     // Events it does not handle are refused, naming the source.
     let err = controller::handle(
-        &controller,
+        &d.controller,
         serde_json::json!({"source": "aws.s3"}),
         PREFIX,
         1,
