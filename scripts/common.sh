@@ -19,6 +19,9 @@ http_get() {
   ) 2>/dev/null
 }
 
+# port_open PORT: whether something accepts connections on 127.0.0.1:PORT.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
 # wait_http HOST PORT PATH [SECONDS]: until GET answers 200.
 wait_http() {
   local host=$1 port=$2 path=$3 limit=${4:-30} i

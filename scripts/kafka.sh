@@ -40,8 +40,6 @@ fetch() {
   touch "$LIBS/.complete"
 }
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
 up() {
   fetch
   stop_bg "$NAME"

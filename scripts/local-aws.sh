@@ -65,8 +65,6 @@ kafka() {
   KAFKA_PORT=$KAFKA_PORT KAFKA_CONTROLLER_PORT=$((KAFKA_PORT + 1)) bash "$ROOT/scripts/kafka.sh" "$1"
 }
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
 # wait_port NAME PORT SECONDS: until something accepts on PORT; fails early if NAME died.
 wait_port() {
   local name=$1 port=$2 limit=$3 pid i

@@ -56,7 +56,7 @@ pub enum StoreError {
 
 /// The version a state was read or written at, for a conditional write.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Version(Option<UpdateVersion>);
+pub struct Version(UpdateVersion);
 
 /// Test snapshots in an object store.
 #[derive(Clone)]
@@ -166,8 +166,7 @@ impl TestStore {
         match (self.conditional, version) {
             (false, _) => PutMode::Overwrite,
             (true, None) => PutMode::Create,
-            (true, Some(Version(Some(v)))) => PutMode::Update(v.clone()),
-            (true, Some(Version(None))) => PutMode::Overwrite,
+            (true, Some(Version(v))) => PutMode::Update(v.clone()),
         }
     }
 
@@ -187,10 +186,10 @@ impl TestStore {
             .put_opts(key, PutPayload::from(bytes), opts)
             .await
         {
-            Ok(r) => Ok(Version(Some(UpdateVersion {
+            Ok(r) => Ok(Version(UpdateVersion {
                 e_tag: r.e_tag,
                 version: r.version,
-            }))),
+            })),
             Err(object_store::Error::Precondition { .. })
             | Err(object_store::Error::AlreadyExists { .. }) => {
                 Err(StoreError::Conflict(id.to_string()))
@@ -268,43 +267,37 @@ impl TestStore {
     }
 
     async fn read_index(&self) -> Result<(Vec<TestListItem>, Option<Version>), StoreError> {
-        match self.inner.get(&Self::index()).await {
-            Ok(got) => {
-                let version = Version(Some(UpdateVersion {
-                    e_tag: got.meta.e_tag.clone(),
-                    version: got.meta.version.clone(),
-                }));
-                let bytes = got.bytes().await?;
-                let items = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                    key: "index.json".into(),
-                    reason: e.to_string(),
-                })?;
-                Ok((items, Some(version)))
-            }
-            Err(object_store::Error::NotFound { .. }) => Ok((Vec::new(), None)),
-            Err(e) => Err(e.into()),
-        }
+        Ok(match self.get_json(&Self::index()).await? {
+            Some((items, version)) => (items, Some(version)),
+            None => (Vec::new(), None),
+        })
     }
 
-    /// One test and the version it was read at; `None` if there is no such test.
-    pub async fn load(&self, id: &str) -> Result<Option<(TestState, Version)>, StoreError> {
-        let key = Self::key(id);
-        let got = match self.inner.get(&key).await {
+    /// An object parsed as JSON, with the version it was read at; `None` if it is absent.
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &Path,
+    ) -> Result<Option<(T, Version)>, StoreError> {
+        let got = match self.inner.get(key).await {
             Ok(got) => got,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let version = Version(Some(UpdateVersion {
+        let version = Version(UpdateVersion {
             e_tag: got.meta.e_tag.clone(),
             version: got.meta.version.clone(),
-        }));
+        });
         let bytes = got.bytes().await?;
-        let state =
-            serde_json::from_slice::<TestState>(&bytes).map_err(|e| StoreError::Corrupt {
-                key: key.to_string(),
-                reason: e.to_string(),
-            })?;
-        Ok(Some((state, version)))
+        let value = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+            key: key.to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok(Some((value, version)))
+    }
+
+    /// One test and the version it was read at; `None` if there is no such test.
+    pub async fn load(&self, id: &str) -> Result<Option<(TestState, Version)>, StoreError> {
+        self.get_json(&Self::key(id)).await
     }
 
     /// The ids of unfinished tests (one listing).
