@@ -29,7 +29,8 @@ cargo build --workspace --bins --tests --locked
 
 ensure_pyenv
 ensure_rie
-export LW_PY LW_RIE
+ensure_nginx
+export LW_PY LW_RIE LOADWAVE_TEST_NGINX
 
 export KAFKA_PORT=${TEST_KAFKA_PORT:-19092}
 export KAFKA_CONTROLLER_PORT=$((KAFKA_PORT + 1))

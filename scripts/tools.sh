@@ -5,8 +5,10 @@
 #
 #   ensure_pyenv   a venv with moto (the AWS emulation), boto3 and confluent-kafka; sets LW_PY
 #   ensure_rie     the AWS Lambda runtime interface emulator, built with Go;      sets LW_RIE
+#   ensure_nginx   nginx from Debian (the system's package manager)  sets LOADWAVE_TEST_NGINX
 #
-# Only package registries are used: PyPI through pip, the Go module proxy through `go install`.
+# Only package registries are used: PyPI through pip, the Go module proxy through `go install`,
+# Debian's archive through apt.
 
 LW_CACHE=${LOADWAVE_CACHE:-$HOME/.cache/loadwave}
 
@@ -87,4 +89,22 @@ _lw_install_rie() {
 ensure_rie() {
   _lw_rie_ready || _lw_locked _lw_install_rie || die "could not build the Lambda runtime interface emulator"
   export LW_RIE="$LW_CACHE/bin/aws-lambda-rie"
+}
+
+# nginx (Debian package): the engine's HTTP/1.1 client is tested against it (chunked
+# gzip, Connection: close, large bodies, https). Sets LOADWAVE_TEST_NGINX.
+ensure_nginx() {
+  local bin
+  bin=$(command -v nginx || echo /usr/sbin/nginx)
+  if [[ ! -x $bin ]]; then
+    [[ $(id -u) -eq 0 ]] || die "nginx is needed for the tests (apt-get install nginx-light)"
+    log "installing nginx (Debian package nginx-light)"
+    { apt-get install -y -qq nginx-light >/dev/null 2>&1 \
+      || { apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null; }; } \
+      || die "apt-get install nginx-light failed"
+    # The package starts a system nginx on port 80; the tests run their own.
+    { systemctl stop nginx || service nginx stop || true; } >/dev/null 2>&1
+    bin=/usr/sbin/nginx
+  fi
+  export LOADWAVE_TEST_NGINX="$bin"
 }

@@ -29,4 +29,4 @@ pub use controller::{
 };
 pub use limits::{Limits, OverLimit};
 pub use state::{Applied, DriverPhase, DriverSlot, TestOptions, TestState, TestStatus};
-pub use view::{Check, DriverView, Summary, TestView, TimelinePoint, Verdict};
+pub use view::{Check, DriverView, SendLagMs, Summary, TestView, TimelinePoint, Verdict};

@@ -12,8 +12,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use loadwave_proto::{
-    Activity, DriverHealth, DriverTotals, LatencyHistogram, Message, MetricsReport, TestConfig,
-    TestSpec, Trigger, TriggerAction,
+    Activity, DriverHealth, DriverTotals, LatencyHistogram, Message, MetricsReport, SendLag,
+    TestConfig, TestSpec, Trigger, TriggerAction,
 };
 use serde::{Deserialize, Serialize};
 
@@ -146,6 +146,9 @@ pub(crate) struct DriverTrack {
     pub(crate) health: DriverHealth,
     pub(crate) peak_health: DriverHealth,
     pub(crate) start_delay_us: Option<u64>,
+    /// Open model: its latest cumulative send lag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) send_lag: Option<SendLag>,
     /// Bus-alive time when it was last heard from.
     seen_alive_ms: u64,
     /// What the launcher knows it by (an ECS task ARN), to stop or inspect it.
@@ -194,6 +197,7 @@ impl DriverTrack {
             health: DriverHealth::default(),
             peak_health: DriverHealth::default(),
             start_delay_us: None,
+            send_lag: None,
             seen_alive_ms: 0,
         }
     }
@@ -485,6 +489,9 @@ impl TestState {
             d.latest_seq = Some(report.seq);
             d.totals = report.totals.clone();
             d.health = report.health.clone();
+            if report.send_lag.is_some() {
+                d.send_lag = report.send_lag;
+            }
         }
         d.peak_health.cpu_percent = d.peak_health.cpu_percent.max(report.health.cpu_percent);
         d.peak_health.lag_ms_max = d.peak_health.lag_ms_max.max(report.health.lag_ms_max);

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use loadwave_proto::threshold::Metric;
-use loadwave_proto::{DriverHealth, TestSpec};
+use loadwave_proto::{DriverHealth, SendLag, TestSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{Latency, round3};
@@ -68,6 +68,9 @@ pub struct DriverView {
     pub elapsed_ms: u64,
     /// How long after the common start instant its first request went out, ms.
     pub start_delay_ms: Option<f64>,
+    /// Open model: how late it sent requests that had a free connection, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_lag_ms: Option<SendLagMs>,
     /// Its own latency figures (the summary merges every driver's histogram).
     pub latency_ms: Latency,
     /// Its latest health report.
@@ -108,9 +111,40 @@ pub struct Summary {
     pub rps: f64,
     /// Spread of the drivers' first requests around the common start instant, ms.
     pub start_skew_ms: Option<f64>,
+    /// Open model: the least precise driver's send lag (each figure the largest across
+    /// drivers), ms. The tester's own timing error, already inside every latency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_lag_ms: Option<SendLagMs>,
     /// Response times of every response, ms.
     pub latency_ms: Latency,
 }
+
+/// How long after their due times a driver sent paced requests, ms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SendLagMs {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+impl SendLagMs {
+    fn of(lag: &SendLag) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        SendLagMs {
+            p50: ms(lag.p50_us),
+            p99: ms(lag.p99_us),
+            max: ms(lag.max_us),
+        }
+    }
+}
+
+/// A driver whose p99 send lag exceeds this gets a warning: its pacing was off by more
+/// than the precision users expect.
+const SEND_LAG_WARN_MS: f64 = 1.0;
 
 /// One second of the test, all drivers merged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -180,6 +214,7 @@ impl TestState {
                 missing_reports: d.missing_reports(),
                 elapsed_ms: d.elapsed_ms,
                 start_delay_ms: d.start_delay_us.map(|us| us as f64 / 1000.0),
+                send_lag_ms: d.send_lag.as_ref().map(SendLagMs::of),
                 latency_ms: d.agg.latency(),
                 health: d.health.clone(),
                 saturated: d.peak_health.saturated,
@@ -193,6 +228,14 @@ impl TestState {
                 "driver {} was saturated (peak CPU {:.0}% of {} cores, scheduling lag up to {:.1} ms): it may have sent less load than asked",
                 d.id, d.peak_health.cpu_percent, d.peak_health.cores, d.peak_health.lag_ms_max
             ));
+        }
+        for d in &drivers {
+            if let Some(lag) = d.send_lag_ms.filter(|l| l.p99 > SEND_LAG_WARN_MS) {
+                warnings.push(format!(
+                    "driver {} sent 1% of its paced requests more than {:.2} ms after their due times (max {:.2} ms): it was too busy to pace precisely, and that delay is inside the latencies",
+                    d.id, lag.p99, lag.max
+                ));
+            }
         }
         if self.duplicates > 0 {
             warnings.push(format!(
@@ -280,6 +323,15 @@ impl TestState {
                 0.0
             },
             start_skew_ms,
+            send_lag_ms: self
+                .drivers
+                .iter()
+                .filter_map(|d| d.send_lag.as_ref().map(SendLagMs::of))
+                .reduce(|a, b| SendLagMs {
+                    p50: a.p50.max(b.p50),
+                    p99: a.p99.max(b.p99),
+                    max: a.max.max(b.max),
+                }),
             latency_ms: t.latency(),
         }
     }

@@ -82,6 +82,7 @@ fn report(
         elapsed_ms: 1000 * (by_second.iter().map(|b| b.0).max().unwrap_or(0) as u64 + 1),
         stopped: false,
         start_delay_us: Some(100 * seq),
+        send_lag: None,
         health: DriverHealth::default(),
     })
 }

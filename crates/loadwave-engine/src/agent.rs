@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use loadwave_bus::{Bus, BusError};
 use loadwave_proto::{
-    Activity, DriverTotals, Heartbeat, Message, MetricsReport, Register, TestConfig, Topic,
-    TriggerAction, unix_ms_now,
+    Activity, DriverTotals, Heartbeat, Message, MetricsReport, Register, SendLag, TestConfig,
+    Topic, TriggerAction, unix_ms_now,
 };
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -274,6 +274,7 @@ async fn execute(
         totals: DriverTotals::default(),
         elapsed_us: 0,
         start_delay_us: None,
+        send_lag: None,
         shutdown: shutdown.clone(),
     };
     let plan = match Plan::from_spec(&cfg.spec).await {
@@ -296,6 +297,7 @@ async fn execute(
             _ = ticker.tick() => {
                 let drained = run.drain();
                 reporter.start_delay_us = run.start_delay_us();
+                reporter.send_lag = run.send_lag();
                 reporter.report(drained, false, false).await;
             }
             outcome = run.finished() => break outcome,
@@ -307,6 +309,7 @@ async fn execute(
     };
     let drained = run.drain();
     reporter.start_delay_us = run.start_delay_us();
+    reporter.send_lag = run.send_lag();
     reporter.report(drained, true, outcome.stopped).await;
     if reporter.totals.requests != outcome.sent {
         tracing::error!(
@@ -326,6 +329,7 @@ struct Reporter {
     totals: DriverTotals,
     elapsed_us: u64,
     start_delay_us: Option<u64>,
+    send_lag: Option<SendLag>,
     shutdown: CancellationToken,
 }
 
@@ -346,6 +350,7 @@ impl Reporter {
             elapsed_ms: self.elapsed_us.div_ceil(1000),
             stopped,
             start_delay_us: self.start_delay_us,
+            send_lag: self.send_lag,
             health: self.health.sample(),
         });
         self.seq += 1;

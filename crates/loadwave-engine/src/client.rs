@@ -1,34 +1,45 @@
-//! One keep-alive HTTP/1.1 connection per load worker, on hyper's connection API.
+//! One keep-alive HTTP/1.1 connection per load worker, written for the hot path.
 //!
-//! The connection pool of a general-purpose client (a lock and a queue per request) buys
-//! nothing here: a worker sends one request at a time, so each owns its connection and
-//! reconnects only after an error or a `Connection: close`.
+//! A worker sends one request at a time, so a general-purpose client (a pool behind a
+//! lock, a connection task, header maps built per request) buys nothing. Here the
+//! request is serialised once per driver ([`Target`]) and written as it is; the response
+//! is read into the connection's own buffer and framed by [`crate::http1`], its body
+//! counted and dropped. A request costs a write, a read and one wake-up, as in wrk.
+//!
+//! A keep-alive connection the server closed while it was idle is noticed only when it is
+//! next used: a request that got nothing back on a reused connection (no byte of a
+//! response) is sent once more on a new one, as browsers and Go's client do, and counts
+//! once.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{CONNECTION, HOST, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Request, Uri};
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use loadwave_proto::{ErrorKind, TargetUrl, TestSpec, forbidden_address, parse_target_url};
-use rustls::pki_types::ServerName;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 use crate::EngineError;
+use crate::http1::{self, Head, ResponseReader, Step};
+
+/// The connection buffer's starting size; it grows only for response heads this big.
+const BUFFER: usize = 16 * 1024;
 
 /// Everything needed to send the test's request, built once per driver.
 pub struct Target {
     url: TargetUrl,
     addrs: Vec<SocketAddr>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    request: Bytes,
+    head_request: bool,
+    /// The request asks for `Connection: close`.
+    closes: bool,
     timeout: Duration,
     tls: Option<(TlsConnector, ServerName<'static>)>,
 }
@@ -39,29 +50,54 @@ impl Target {
     /// A host that does not resolve is not an error here: every request then counts as a
     /// `connect` error, which is what the user needs to see.
     pub async fn new(spec: &TestSpec) -> Result<Target, EngineError> {
+        let ca_file = std::env::var_os("SSL_CERT_FILE").map(std::path::PathBuf::from);
+        Target::with_ca_file(spec, ca_file.as_deref()).await
+    }
+
+    /// [`Target::new`] with `ca_file` (PEM certificates) trusted for https besides the
+    /// public roots; `Target::new` takes it from `SSL_CERT_FILE`, as curl and OpenSSL do.
+    pub async fn with_ca_file(
+        spec: &TestSpec,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Target, EngineError> {
         let url = parse_target_url(&spec.target_url).map_err(EngineError::Spec)?;
-        let method = Method::from_bytes(spec.method.as_bytes())
+        let method = http::Method::from_bytes(spec.method.as_bytes())
             .map_err(|_| EngineError::Invalid(format!("method `{}`", spec.method)))?;
-        let uri: Uri = url
+        let _: http::Uri = url
             .path_and_query
             .parse()
             .map_err(|_| EngineError::Invalid(format!("path `{}`", url.path_and_query)))?;
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            HOST,
-            HeaderValue::from_str(&url.authority)
-                .map_err(|_| EngineError::Invalid(format!("host `{}`", url.authority)))?,
-        );
+        http::HeaderValue::from_str(&url.authority)
+            .map_err(|_| EngineError::Invalid(format!("host `{}`", url.authority)))?;
+        let mut headers = Vec::with_capacity(spec.headers.len());
         for (name, value) in &spec.headers {
-            let name = HeaderName::from_bytes(name.as_bytes())
+            http::HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| EngineError::Invalid(format!("header name `{name}`")))?;
-            let value = HeaderValue::from_str(value)
+            http::HeaderValue::from_str(value)
                 .map_err(|_| EngineError::Invalid(format!("header value of `{name}`")))?;
-            headers.append(name, value);
+            headers.push((name.clone(), value.clone()));
         }
+        let body = spec.body.as_deref().unwrap_or_default().as_bytes();
+        let (request, closes) = http1::encode_request(
+            method.as_str(),
+            &url.path_and_query,
+            &url.authority,
+            &headers,
+            body,
+        );
         let tls = if url.tls {
             let mut roots = rustls::RootCertStore::empty();
             roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            if let Some(path) = ca_file {
+                let unreadable = |e: &dyn std::fmt::Display| {
+                    EngineError::Invalid(format!("CA file `{}`: {e}", path.display()))
+                };
+                let certs = CertificateDer::pem_file_iter(path).map_err(|e| unreadable(&e))?;
+                for cert in certs {
+                    let cert = cert.map_err(|e| unreadable(&e))?;
+                    roots.add(cert).map_err(|e| unreadable(&e))?;
+                }
+            }
             let config = rustls::ClientConfig::builder_with_provider(Arc::new(
                 rustls::crypto::ring::default_provider(),
             ))
@@ -98,10 +134,9 @@ impl Target {
         Ok(Target {
             url,
             addrs,
-            method,
-            uri,
-            headers,
-            body: Bytes::from(spec.body.clone().unwrap_or_default()),
+            request,
+            head_request: method == http::Method::HEAD,
+            closes,
             timeout: Duration::from_millis(spec.timeout_ms),
             tls,
         })
@@ -112,56 +147,58 @@ impl Target {
         self.timeout
     }
 
-    fn request(&self) -> Request<Full<Bytes>> {
-        let mut req = Request::new(Full::new(self.body.clone()));
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
-        *req.headers_mut() = self.headers.clone();
-        req
-    }
-
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ErrorKind> {
+    async fn connect(&self) -> Result<Stream, ErrorKind> {
         let mut last = ErrorKind::Connect;
         for addr in &self.addrs {
             match self.connect_to(*addr).await {
-                Ok(sender) => return Ok(sender),
+                Ok(stream) => return Ok(stream),
                 Err(kind) => last = kind,
             }
         }
         Err(last)
     }
 
-    async fn connect_to(&self, addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, ErrorKind> {
+    async fn connect_to(&self, addr: SocketAddr) -> Result<Stream, ErrorKind> {
         let tcp = TcpStream::connect(addr)
             .await
             .map_err(|_| ErrorKind::Connect)?;
         let _ = tcp.set_nodelay(true);
         match &self.tls {
-            None => handshake(tcp).await,
+            None => Ok(Stream::Plain(tcp)),
             Some((connector, name)) => {
                 let stream = connector
                     .connect(name.clone(), tcp)
                     .await
                     .map_err(|_| ErrorKind::Tls)?;
-                handshake(stream).await
+                Ok(Stream::Tls(Box::new(stream)))
             }
         }
     }
 }
 
-async fn handshake<S>(stream: S) -> Result<SendRequest<Full<Bytes>>, ErrorKind>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    let (sender, conn) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| classify(&e))?;
-    tokio::spawn(async move {
-        // The connection ends when the worker drops its sender or the peer closes;
-        // errors surface on the request that was in flight.
-        let _ = conn.await;
-    });
-    Ok(sender)
+/// A connection's transport.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.write_all(bytes).await,
+            Stream::Tls(s) => {
+                s.write_all(bytes).await?;
+                s.flush().await
+            }
+        }
+    }
+
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf).await,
+            Stream::Tls(s) => s.read(buf).await,
+        }
+    }
 }
 
 /// What one request produced.
@@ -173,88 +210,232 @@ pub enum Outcome {
     Error(ErrorKind),
 }
 
+/// Why reading a response failed, before it is sorted into an [`ErrorKind`].
+enum ReadError {
+    Io(std::io::Error),
+    Protocol(http1::ProtocolError),
+}
+
 /// A worker's connection, opened on first use and after failures.
-#[derive(Default)]
 pub struct Connection {
-    sender: Option<SendRequest<Full<Bytes>>>,
+    stream: Option<Stream>,
+    /// Whether the open stream has carried a whole response already.
+    reused: bool,
+    buf: Vec<u8>,
+    /// Unconsumed bytes are `buf[start..end]`.
+    start: usize,
+    end: usize,
+    reader: ResponseReader,
+    /// Set while a request is on the wire: a send that was cancelled (its timeout)
+    /// leaves it set, and the half-read connection is dropped before the next one.
+    in_flight: bool,
 }
 
 impl Connection {
-    /// An unopened connection.
-    pub fn new() -> Self {
-        Self::default()
+    /// An unopened connection for `target`'s request.
+    pub fn new(target: &Target) -> Self {
+        Connection {
+            stream: None,
+            reused: false,
+            buf: vec![0; BUFFER],
+            start: 0,
+            end: 0,
+            reader: ResponseReader::new(target.head_request),
+            in_flight: false,
+        }
     }
 
     /// Opens the connection ahead of the first request; failures are left for that
     /// request to count.
     pub async fn warm_up(&mut self, target: &Target) {
-        if self.sender.is_none()
-            && let Ok(Ok(sender)) = tokio::time::timeout(target.timeout, target.connect()).await
+        if self.stream.is_none()
+            && let Ok(Ok(stream)) = tokio::time::timeout(target.timeout, target.connect()).await
         {
-            self.sender = Some(sender);
+            self.open(stream);
         }
     }
 
-    /// Sends the target's request and reads the whole response, within the timeout.
+    fn open(&mut self, stream: Stream) {
+        self.stream = Some(stream);
+        self.reused = false;
+        self.start = 0;
+        self.end = 0;
+    }
+
+    fn close(&mut self) {
+        self.stream = None;
+        self.start = 0;
+        self.end = 0;
+    }
+
+    /// Sends the target's request and reads the whole response. No timeout of its own:
+    /// wrap it in a [`Deadline`].
     pub async fn send(&mut self, target: &Target) -> Outcome {
-        let attempt = async {
-            let sender = match self.sender.take() {
-                Some(s) if !s.is_closed() => s,
-                _ => target.connect().await?,
-            };
-            let mut sender = sender;
-            sender.ready().await.map_err(|e| classify(&e))?;
-            let response = sender
-                .send_request(target.request())
+        if self.in_flight {
+            self.close();
+        }
+        self.in_flight = true;
+        let outcome = self.exchange(target).await;
+        self.in_flight = false;
+        outcome
+    }
+
+    async fn exchange(&mut self, target: &Target) -> Outcome {
+        loop {
+            if self.stream.is_none() {
+                // Boxed: connecting (a TLS handshake above all) needs a large future
+                // that the per-request path should not carry, move or clear.
+                match Box::pin(target.connect()).await {
+                    Ok(stream) => self.open(stream),
+                    Err(kind) => return Outcome::Error(kind),
+                }
+            }
+            let retry_allowed = self.reused;
+            let stream = self.stream.as_mut().expect("opened above");
+            if let Err(err) = stream.write_all(&target.request).await {
+                self.close();
+                if retry_allowed {
+                    continue;
+                }
+                return Outcome::Error(classify(&err));
+            }
+            self.reader.reset();
+            match self.read_response().await {
+                Ok(head) => {
+                    if head.keep_alive && !target.closes {
+                        self.reused = true;
+                    } else {
+                        self.close();
+                    }
+                    return Outcome::Response(head.status);
+                }
+                Err(err) => {
+                    let nothing_back = !self.reader.started() && self.start == self.end;
+                    self.close();
+                    if retry_allowed && nothing_back && matches!(err, ReadError::Io(_)) {
+                        continue;
+                    }
+                    return Outcome::Error(match err {
+                        ReadError::Io(e) => classify(&e),
+                        ReadError::Protocol(http1::ProtocolError::Incomplete) => ErrorKind::Reset,
+                        ReadError::Protocol(_) => ErrorKind::Other,
+                    });
+                }
+            }
+        }
+    }
+
+    async fn read_response(&mut self) -> Result<Head, ReadError> {
+        loop {
+            if self.start < self.end {
+                let (used, step) = self
+                    .reader
+                    .advance(&self.buf[self.start..self.end])
+                    .map_err(ReadError::Protocol)?;
+                self.start += used;
+                if let Step::Done(head) = step {
+                    if self.start == self.end {
+                        self.start = 0;
+                        self.end = 0;
+                    }
+                    return Ok(head);
+                }
+            }
+            self.make_room();
+            let stream = self.stream.as_mut().expect("reading on an open stream");
+            let n = stream
+                .read(&mut self.buf[self.end..])
                 .await
-                .map_err(|e| classify(&e))?;
-            let status = response.status().as_u16();
-            let keep = !response
-                .headers()
-                .get(CONNECTION)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-            let mut body = response.into_body();
-            while let Some(frame) = body.frame().await {
-                frame.map_err(|e| classify(&e))?;
+                .map_err(ReadError::Io)?;
+            if n == 0 {
+                if !self.reader.started() && self.start == self.end {
+                    return Err(ReadError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                }
+                return self.reader.eof().map_err(ReadError::Protocol);
             }
-            Ok::<_, ErrorKind>((status, keep.then_some(sender)))
-        };
-        match tokio::time::timeout(target.timeout, attempt).await {
-            Ok(Ok((status, sender))) => {
-                self.sender = sender;
-                Outcome::Response(status)
+            self.end += n;
+        }
+    }
+
+    /// Room at the end of the buffer: what was consumed is dropped, a head that fills it
+    /// makes it grow (up to the reader's limit).
+    fn make_room(&mut self) {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.end == self.buf.len() {
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            } else {
+                let size = (self.buf.len() * 2).min(2 * http1::MAX_HEAD);
+                self.buf.resize(size.max(self.buf.len() + 1), 0);
             }
-            Ok(Err(kind)) => Outcome::Error(kind),
-            Err(_) => Outcome::Error(ErrorKind::Timeout),
         }
     }
 }
 
-/// Sorts a hyper error into the kinds users see.
-fn classify(err: &hyper::Error) -> ErrorKind {
-    if err.is_timeout() {
-        return ErrorKind::Timeout;
-    }
-    if err.is_incomplete_message() || err.is_canceled() || err.is_closed() {
-        return ErrorKind::Reset;
-    }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind as Io;
-            return match io.kind() {
-                Io::ConnectionReset
-                | Io::ConnectionAborted
-                | Io::BrokenPipe
-                | Io::UnexpectedEof => ErrorKind::Reset,
-                Io::TimedOut => ErrorKind::Timeout,
-                Io::ConnectionRefused => ErrorKind::Connect,
-                _ => ErrorKind::Other,
-            };
+/// A request timeout that costs nothing per request.
+///
+/// Arming a timer per request (and cancelling it when the answer comes) is a large part
+/// of a fast request's cost. A worker's deadlines only move forward, so one timer serves
+/// them all: it stays armed at an older deadline, and when it fires early the current
+/// deadline is checked and the timer re-armed. It fires at most once per timeout period.
+pub struct Deadline {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    at: Instant,
+}
+
+impl Deadline {
+    /// An idle deadline (its timer armed far ahead).
+    pub fn new() -> Self {
+        let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        Deadline {
+            sleep: Box::pin(tokio::time::sleep_until(far.into())),
+            at: far,
         }
-        source = s.source();
     }
-    ErrorKind::Other
+
+    /// Runs `fut` until it completes or `at` passes (`None`).
+    pub async fn run<F: Future>(&mut self, at: Instant, fut: F) -> Option<F::Output> {
+        self.at = at;
+        if self.sleep.deadline().into_std() > at {
+            self.sleep.as_mut().reset(at.into());
+        }
+        let mut fut = std::pin::pin!(fut);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut fut => return Some(out),
+                () = &mut self.sleep => {
+                    if Instant::now() >= self.at {
+                        return None;
+                    }
+                    self.sleep.as_mut().reset(self.at.into());
+                }
+            }
+        }
+    }
+}
+
+impl Default for Deadline {
+    fn default() -> Self {
+        Deadline::new()
+    }
+}
+
+/// Sorts an I/O error into the kinds users see.
+fn classify(err: &std::io::Error) -> ErrorKind {
+    use std::io::ErrorKind as Io;
+    match err.kind() {
+        Io::ConnectionReset | Io::ConnectionAborted | Io::BrokenPipe | Io::UnexpectedEof => {
+            ErrorKind::Reset
+        }
+        Io::TimedOut => ErrorKind::Timeout,
+        Io::ConnectionRefused => ErrorKind::Connect,
+        _ => ErrorKind::Other,
+    }
 }
 
 /// The target's parsed URL, for messages.

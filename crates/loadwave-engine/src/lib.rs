@@ -3,8 +3,10 @@
 //! - [`engine`] sends one driver's share of a test: Avalanche (closed model) or Tsunami
 //!   (open model, coordinated omission corrected), `concurrency` keep-alive connections,
 //!   every latency recorded in an HDR histogram, bucketed by the second it completed in.
-//! - [`client`] is the HTTP/1.1 connection each worker owns (hyper, rustls for https) and
-//!   the sorting of failures into error kinds.
+//! - [`client`] is the HTTP/1.1 connection each worker owns (rustls for https) and the
+//!   sorting of failures into error kinds; [`http1`] is its wire format (`httparse` for
+//!   response heads, framing by hand).
+//! - [`pace`] waits for open-model due times to within tens of microseconds.
 //! - [`stats`] records without a lock per request and drains per-second buckets.
 //! - [`sysmon`] watches the driver's own CPU use and scheduling lag.
 //! - [`agent`] speaks the driver's side of the protocol over any bus: register,
@@ -14,6 +16,8 @@
 pub mod agent;
 pub mod client;
 pub mod engine;
+pub mod http1;
+pub mod pace;
 pub mod stats;
 pub mod sysmon;
 

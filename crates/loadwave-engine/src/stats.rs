@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use loadwave_proto::{BucketStats, ErrorKind, LatencyHistogram};
+use loadwave_proto::{BucketStats, ErrorKind, LatencyHistogram, SendLag};
 
 use crate::client::Outcome;
 
@@ -149,13 +149,27 @@ impl Bucket {
     }
 }
 
-/// Buckets flushed by workers and not yet reported, by second.
+/// Buckets flushed by workers and not yet reported, by second, plus the driver's send
+/// lag since the start.
 #[derive(Debug, Default)]
 pub struct Pending {
     buckets: Mutex<BTreeMap<u32, Bucket>>,
+    send_lag: Mutex<LatencyHistogram>,
 }
 
 impl Pending {
+    /// The send lag (due time to send, µs) of every paced request so far; `None` when
+    /// nothing was paced.
+    pub fn send_lag(&self) -> Option<SendLag> {
+        let lag = self.send_lag.lock().expect("stats lock poisoned");
+        (!lag.is_empty()).then(|| SendLag {
+            count: lag.len(),
+            p50_us: lag.quantile_us(0.50),
+            p99_us: lag.quantile_us(0.99),
+            max_us: lag.max_us(),
+        })
+    }
+
     /// Merges a worker's bucket in.
     pub fn absorb(&self, bucket: &Bucket) {
         let mut buckets = self.buckets.lock().expect("stats lock poisoned");
@@ -176,6 +190,7 @@ impl Pending {
 pub struct Recorder {
     start: Instant,
     local: Bucket,
+    send_lag: LatencyHistogram,
     pending: Arc<Pending>,
 }
 
@@ -185,6 +200,7 @@ impl Recorder {
         Recorder {
             start,
             local: Bucket::new(0),
+            send_lag: LatencyHistogram::new(),
             pending,
         }
     }
@@ -207,6 +223,12 @@ impl Recorder {
             .record(outcome, duration_us(latency), end_us, late);
     }
 
+    /// Records how long after its due time a paced request went out.
+    #[inline]
+    pub fn record_send_lag(&mut self, lag: Duration) {
+        self.send_lag.record_us(duration_us(lag));
+    }
+
     /// Flushes if the local bucket belongs to a second that has passed, so an idle worker
     /// does not hold data back from the live view.
     pub fn flush_if_stale(&mut self, now: Instant) {
@@ -217,6 +239,15 @@ impl Recorder {
 
     /// Hands the local bucket to the reporter.
     pub fn flush(&mut self) {
+        if !self.send_lag.is_empty() {
+            self.pending
+                .send_lag
+                .lock()
+                .expect("stats lock poisoned")
+                .add(&self.send_lag)
+                .expect("auto-resizing histograms always merge");
+            self.send_lag.reset();
+        }
         if !self.local.is_empty() {
             self.pending.absorb(&self.local);
             let second = self.local.second;

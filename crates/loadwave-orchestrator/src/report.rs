@@ -274,6 +274,15 @@ figure{{margin:1rem 0}}figcaption{{font-weight:600}}li.warn{{color:#8a5300}}</st
             ms(skew)
         );
     }
+    if let Some(lag) = s.send_lag_ms {
+        let _ = write!(
+            o,
+            "<p class=muted>Send lag (due time to send, least precise driver): p50 {}, p99 {}, max {}. It is the tester's own timing error, and it is inside every latency above.</p>",
+            ms(lag.p50),
+            ms(lag.p99),
+            ms(lag.max)
+        );
+    }
     if let Some(vd) = &v.verdict {
         o.push_str("<h2>Verdict</h2><ul>");
         for c in &vd.checks {

@@ -21,7 +21,8 @@ pub mod threshold;
 pub use histogram::{HistogramError, LatencyHistogram};
 pub use message::{
     Activity, BucketStats, DecodeError, DriverHealth, DriverTotals, ErrorKind, Heartbeat, Message,
-    MetricsReport, PROTOCOL_VERSION, Register, TestConfig, Tick, Topic, Trigger, TriggerAction,
+    MetricsReport, PROTOCOL_VERSION, Register, SendLag, TestConfig, Tick, Topic, Trigger,
+    TriggerAction,
 };
 pub use spec::{SpecError, TargetUrl, TestSpec, TestType, forbidden_address, parse_target_url};
 pub use threshold::{Metric, Threshold, ThresholdError};

@@ -252,6 +252,22 @@ pub struct DriverHealth {
     pub saturated: bool,
 }
 
+/// How precisely a driver sent its paced (open-model) requests: the time from each
+/// request's due time to its send, for requests that had a free connection at their due
+/// time (the others are queued, and counted `late`). Cumulative since the start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SendLag {
+    /// Requests measured.
+    pub count: u64,
+    /// Median lag, µs.
+    pub p50_us: u64,
+    /// 99th percentile, µs.
+    pub p99_us: u64,
+    /// Largest lag, µs.
+    pub max_us: u64,
+}
+
 /// Cumulative counts of one driver, carried by every report.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DriverTotals {
@@ -286,6 +302,9 @@ pub struct MetricsReport {
     /// (by the driver's clock); the spread across drivers is the test's start skew.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_delay_us: Option<u64>,
+    /// Open model only: the driver's send lag so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_lag: Option<SendLag>,
     /// Health over the last second.
     pub health: DriverHealth,
 }

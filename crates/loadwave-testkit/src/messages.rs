@@ -60,6 +60,7 @@ pub fn report(test: &str, driver: &str, seq: u64, is_final: bool, requests: u64)
         elapsed_ms: 1000 * (seq + 1),
         stopped: false,
         start_delay_us: Some(50),
+        send_lag: None,
         health: DriverHealth::default(),
     })
 }

@@ -141,6 +141,15 @@ pub fn summary_table(view: &TestView) -> String {
             thousands(s.late)
         );
     }
+    if let Some(lag) = s.send_lag_ms {
+        let _ = writeln!(
+            out,
+            "  send lag      p50 {}  p99 {}  max {}  (due time to send, least precise driver)",
+            ms(lag.p50),
+            ms(lag.p99),
+            ms(lag.max)
+        );
+    }
     let _ = writeln!(
         out,
         "  latency       min {}  mean {}  p50 {}  p90 {}  p95 {}  p99 {}  p99.9 {}  max {}",
