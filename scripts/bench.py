@@ -200,7 +200,8 @@ def vm(pid, field):
 
 
 def driver_memory(api, pids):
-    """One driver, RSS_REQUESTS requests: its resident set at a tenth of them and at the end."""
+    """One driver, RSS_REQUESTS requests: its resident set at a tenth and at nine tenths of
+    them (while running), and after."""
     import urllib.request
     total = RSS_REQUESTS
     spec = {"target_url": URL, "test_type": "avalanche", "drivers": 1,
@@ -210,7 +211,7 @@ def driver_memory(api, pids):
     with urllib.request.urlopen(req, timeout=10) as r:
         test_id = json.loads(r.read())["id"]
     print(f"\ndriver memory: one loadwave-driver, {total:,} requests, 64 connections")
-    at_tenth = None
+    at_tenth = at_end = None
     before = None
     deadline = time.time() + 1800
     while time.time() < deadline:
@@ -222,18 +223,22 @@ def driver_memory(api, pids):
         done = view["summary"]["requests"]
         if pid and at_tenth is None and done >= total // 10:
             at_tenth = (done, vm(pid, "VmRSS"))
+        if pid and at_end is None and done >= total * 9 // 10:
+            at_end = (done, vm(pid, "VmRSS"))
         if view["status"] in ("completed", "failed", "stopped"):
             break
         time.sleep(0.5)
     else:
         sys.exit("the memory test did not finish in 30 minutes")
     assert view["summary"]["requests"] == total, f"counted {view['summary']['requests']} of {total}"
-    end = vm(pid, "VmRSS")
-    print(f"  before the test  RSS {before:7.1f} MiB")
-    print(f"  at {at_tenth[0]:>11,}  RSS {at_tenth[1]:7.1f} MiB")
-    print(f"  at {total:>11,}  RSS {end:7.1f} MiB   (peak {vm(pid, 'VmHWM'):.1f} MiB, "
+    after = vm(pid, "VmRSS")
+    print(f"  before the test     RSS {before:7.1f} MiB")
+    print(f"  at {at_tenth[0]:>11,} (running)  RSS {at_tenth[1]:7.1f} MiB")
+    print(f"  at {at_end[0]:>11,} (running)  RSS {at_end[1]:7.1f} MiB")
+    print(f"  after {total:,}  RSS {after:7.1f} MiB   (peak {vm(pid, 'VmHWM'):.1f} MiB, "
           f"{view['summary']['rps']:,.0f} rps)")
-    print(f"driver RSS growth from {at_tenth[0]:,} to {total:,} requests: {end - at_tenth[1]:+.1f} MiB   (goal: flat)")
+    print(f"driver RSS growth from {at_tenth[0]:,} to {at_end[0]:,} requests: "
+          f"{at_end[1] - at_tenth[1]:+.1f} MiB   (goal: flat)")
 
 
 NGINX_CONF = """daemon off;
