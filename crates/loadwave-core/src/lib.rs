@@ -18,6 +18,7 @@
 pub mod aggregate;
 pub mod controller;
 pub mod limits;
+pub mod seqs;
 pub mod session;
 pub mod state;
 pub mod view;
@@ -28,5 +29,6 @@ pub use controller::{
     TestListItem,
 };
 pub use limits::{Limits, OverLimit};
+pub use seqs::SeqSet;
 pub use state::{Applied, DriverPhase, DriverSlot, TestOptions, TestState, TestStatus};
 pub use view::{Check, DriverView, Summary, TestView, TimelinePoint, Verdict};

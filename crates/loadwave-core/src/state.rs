@@ -9,7 +9,7 @@
 //! whose number was seen changes nothing. Counts add and histograms merge, so the order
 //! reports arrive in does not change the result.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use loadwave_proto::{
     Activity, DriverHealth, DriverTotals, LatencyHistogram, Message, MetricsReport, TestConfig,
@@ -18,6 +18,7 @@ use loadwave_proto::{
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::Aggregate;
+use crate::seqs::SeqSet;
 
 /// Timing of the coordination, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,7 +138,7 @@ pub(crate) struct DriverTrack {
     pub(crate) last_seen_ms: u64,
     config_sent_ms: Option<u64>,
     reregistered: bool,
-    pub(crate) seqs: BTreeSet<u64>,
+    pub(crate) seqs: SeqSet,
     pub(crate) final_seq: Option<u64>,
     pub(crate) agg: Aggregate,
     pub(crate) totals: DriverTotals,
@@ -185,7 +186,7 @@ impl DriverTrack {
             last_seen_ms: now_ms,
             config_sent_ms: None,
             reregistered: false,
-            seqs: BTreeSet::new(),
+            seqs: SeqSet::new(),
             final_seq: None,
             agg: Aggregate::default(),
             totals: DriverTotals::default(),
@@ -206,7 +207,7 @@ impl DriverTrack {
     /// Reports numbered below the final one that never arrived.
     pub(crate) fn missing_reports(&self) -> u64 {
         match self.final_seq {
-            Some(last) => (last + 1).saturating_sub(self.seqs.range(..=last).count() as u64),
+            Some(last) => (last.saturating_add(1)).saturating_sub(self.seqs.count_through(last)),
             None => 0,
         }
     }
@@ -461,7 +462,7 @@ impl TestState {
         let Some(index) = self.drivers.iter().position(|d| d.id == report.driver_id) else {
             return Applied::Ignored;
         };
-        if self.drivers[index].seqs.contains(&report.seq) {
+        if self.drivers[index].seqs.contains(report.seq) {
             self.duplicates += 1;
             return Applied::Duplicate;
         }
