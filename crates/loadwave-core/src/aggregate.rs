@@ -82,6 +82,13 @@ impl Aggregate {
     pub fn histogram(&self) -> &LatencyHistogram {
         &self.histogram
     }
+
+    /// Bytes of memory it takes beyond its own struct, roughly (for accounting).
+    pub fn heap_bytes(&self) -> usize {
+        // A B-tree entry of a small map: key, value and node overhead.
+        const ENTRY: usize = 32;
+        self.histogram.heap_bytes() + ENTRY * (self.status_codes.len() + self.error_kinds.len())
+    }
 }
 
 /// Response-time figures, milliseconds.

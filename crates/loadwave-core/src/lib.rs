@@ -20,6 +20,7 @@ pub mod controller;
 pub mod limits;
 pub mod seqs;
 pub mod session;
+pub mod snapshot;
 pub mod state;
 pub mod view;
 
@@ -30,5 +31,6 @@ pub use controller::{
 };
 pub use limits::{Limits, OverLimit};
 pub use seqs::SeqSet;
+pub use snapshot::{CHUNK_SECONDS, ChunkWrite, SEAL_LAG_SECONDS, Snapshot, SnapshotError};
 pub use state::{Applied, DriverPhase, DriverSlot, TestOptions, TestState, TestStatus};
 pub use view::{Check, DriverView, Summary, TestView, TimelinePoint, Verdict};

@@ -8,6 +8,10 @@
 //! Folding is idempotent: every driver report carries a sequence number and a report
 //! whose number was seen changes nothing. Counts add and histograms merge, so the order
 //! reports arrive in does not change the result.
+//!
+//! A state persists through [`TestState::snapshot`] (see [`crate::snapshot`]): its own
+//! serialization leaves the per-second timeline out, which the snapshot writes in
+//! bounded pieces.
 
 use std::collections::BTreeMap;
 
@@ -19,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::Aggregate;
 use crate::seqs::SeqSet;
+use crate::snapshot::ChunkBook;
 
 /// Timing of the coordination, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +134,9 @@ pub enum Applied {
     Ignored,
     /// About this test but unusable (a histogram that does not decode).
     Rejected(String),
+    /// A report with a bucket for a stored timeline chunk that is not in memory (a state
+    /// loaded without its sealed chunks). Nothing changed: load the chunk and fold again.
+    NeedsChunk(u32),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -213,8 +221,11 @@ impl DriverTrack {
     }
 }
 
-/// One test, folded from its drivers' messages. It serializes whole (histograms as
-/// base64), so a snapshot restores it exactly.
+/// One test, folded from its drivers' messages.
+///
+/// Its serde form is everything but the per-second timeline (histograms as base64);
+/// [`TestState::snapshot`] adds the timeline in chunks and [`TestState::from_doc`] with
+/// [`TestState::restore_chunk`] read it back exactly.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TestState {
     pub(crate) id: String,
@@ -233,7 +244,13 @@ pub struct TestState {
     trigger_sent_ms: Option<u64>,
     pub(crate) drivers: Vec<DriverTrack>,
     pub(crate) total: Aggregate,
+    /// Every second of the test, all drivers merged. Read from a document (the seconds
+    /// held inline), written by [`TestState::snapshot`].
+    #[serde(default, skip_serializing)]
     pub(crate) timeline: BTreeMap<u32, Aggregate>,
+    /// Which chunks of the timeline are stored where (the document's manifest).
+    #[serde(default, rename = "timeline_chunks", skip_serializing)]
+    pub(crate) chunks: ChunkBook,
     pub(crate) duplicates: u64,
     /// The newest send time seen on the bus (heartbeats, orchestrator ticks).
     clock_ms: u64,
@@ -273,6 +290,7 @@ impl TestState {
                 .collect(),
             total: Aggregate::default(),
             timeline: BTreeMap::new(),
+            chunks: ChunkBook::default(),
             duplicates: 0,
             clock_ms: now_ms,
             alive_ms: 0,
@@ -466,6 +484,13 @@ impl TestState {
             self.duplicates += 1;
             return Applied::Duplicate;
         }
+        if let Some(bucket) = report
+            .buckets
+            .iter()
+            .find(|b| self.chunks.is_unloaded(b.second))
+        {
+            return Applied::NeedsChunk(self.chunks.chunk_of(bucket.second));
+        }
         // Decode everything before changing anything, so a bad report leaves no trace.
         let mut histograms = Vec::with_capacity(report.buckets.len());
         for bucket in &report.buckets {
@@ -517,6 +542,7 @@ impl TestState {
             if let Err(err) = merged {
                 tracing::error!(%err, "histogram merge failed");
             }
+            self.chunks.touch(bucket.second);
         }
         Applied::Changed
     }

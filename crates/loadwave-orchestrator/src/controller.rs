@@ -34,11 +34,10 @@ const INSPECT_EVERY_MS: u64 = 2_000;
 /// The orchestrator: tests, drivers, and the clients to reach them.
 pub struct Orchestrator {
     bus: Arc<dyn Bus>,
-    store: TestStore,
     launcher: Arc<dyn Launcher>,
     orchestrator_id: String,
     core: Mutex<ControllerCore>,
-    versions: Mutex<HashMap<String, Version>>,
+    writer: SnapshotWriter,
     requests: mpsc::UnboundedSender<DriverRequest>,
     requests_rx: Mutex<Option<mpsc::UnboundedReceiver<DriverRequest>>>,
     wake: Notify,
@@ -64,11 +63,10 @@ impl Orchestrator {
         let (tx, rx) = mpsc::unbounded_channel();
         Ok(Arc::new(Orchestrator {
             bus,
-            store,
             launcher,
             orchestrator_id: format!("orchestrator-{}", std::process::id()),
             core: Mutex::new(core),
-            versions: Mutex::default(),
+            writer: SnapshotWriter::new(store),
             requests: tx,
             requests_rx: Mutex::new(Some(rx)),
             wake: Notify::new(),
@@ -222,14 +220,59 @@ impl Orchestrator {
 
     /// Writes the snapshots the core says are due (all of them with `all`).
     async fn persist(&self, now: u64, all: bool) {
-        let due = self.core().snapshots_due(now, all);
-        for (state, change) in due {
-            let id = state.id().to_string();
+        self.writer.write_due(&self.core, now, all).await;
+    }
+}
+
+/// Writes a controller's due snapshots to a store, remembering the version of each test
+/// for the next conditional write. The orchestrator's loop uses it after every step (and
+/// the controller bench the same way).
+pub struct SnapshotWriter {
+    store: TestStore,
+    versions: Mutex<HashMap<String, Version>>,
+}
+
+impl SnapshotWriter {
+    /// Over `store`.
+    pub fn new(store: TestStore) -> Self {
+        SnapshotWriter {
+            store,
+            versions: Mutex::default(),
+        }
+    }
+
+    /// The store written to.
+    pub fn store(&self) -> &TestStore {
+        &self.store
+    }
+
+    /// Test `id` was written at `version` by someone else (created through the API).
+    pub fn written_at(&self, id: &str, version: Version) {
+        self.versions
+            .lock()
+            .expect("lock")
+            .insert(id.to_string(), version);
+    }
+
+    /// Writes the snapshots `core` says are due at `now` (all of them with `all`) and
+    /// tells it which were written. The snapshots are taken under the core's lock (they
+    /// are bounded: a test's state without its sealed timeline, plus the chunks that
+    /// changed); the writes happen outside it.
+    pub async fn write_due(&self, core: &Mutex<ControllerCore>, now: u64, all: bool) {
+        let nonce = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
+        let due = core
+            .lock()
+            .expect("controller lock poisoned")
+            .snapshots_due(now, all, &nonce);
+        for snapshot in due {
+            let id = snapshot.id.clone();
             let version = self.versions.lock().expect("lock").get(&id).cloned();
-            match self.store.save(&state, version.as_ref()).await {
+            match self.store.write(&snapshot, version.as_ref()).await {
                 Ok(v) => {
-                    self.versions.lock().expect("lock").insert(id.clone(), v);
-                    self.core().persisted(&id, change, state.status(), now);
+                    self.versions.lock().expect("lock").insert(id, v);
+                    core.lock()
+                        .expect("controller lock poisoned")
+                        .snapshot_written(&snapshot, now);
                 }
                 Err(err) => tracing::error!(test_id = %id, %err, "cannot persist test"),
             }
@@ -247,9 +290,9 @@ impl Backend for Orchestrator {
         let now = unix_ms_now();
         let id = uuid::Uuid::now_v7().simple().to_string();
         let state = self.core().new_test(&id, spec, now);
-        let version = self.store.create(&state).await?;
+        let version = self.writer.store().create(&state).await?;
         let view = state.view();
-        self.versions.lock().expect("lock").insert(id, version);
+        self.writer.written_at(&id, version);
         self.core().insert(state, now);
         self.wake.notify_one();
         Ok(view)
