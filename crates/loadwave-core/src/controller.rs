@@ -224,6 +224,8 @@ pub struct ControllerCore {
     stats: BusStats,
     /// Reports deferred because a timeline chunk they touch is not in memory.
     needs_chunks: BTreeSet<(String, u32)>,
+    /// When the driver registry was last swept of forgotten drivers.
+    swept_ms: u64,
 }
 
 impl ControllerCore {
@@ -241,6 +243,7 @@ impl ControllerCore {
             outbox: Vec::new(),
             stats: BusStats::default(),
             needs_chunks: BTreeSet::new(),
+            swept_ms: 0,
         }
     }
 
@@ -282,13 +285,20 @@ impl ControllerCore {
     fn touch(&mut self, id: &str) {
         self.changes += 1;
         let change = self.changes;
-        self.dirty
-            .entry(id.to_string())
-            .and_modify(|d| d.last = change)
-            .or_insert(Dirt {
-                first: change,
-                last: change,
-            });
+        // Looked up first: a busy test is touched by every report, and the key only
+        // needs allocating the first time.
+        match self.dirty.get_mut(id) {
+            Some(d) => d.last = change,
+            None => {
+                self.dirty.insert(
+                    id.to_string(),
+                    Dirt {
+                        first: change,
+                        last: change,
+                    },
+                );
+            }
+        }
     }
 
     fn mark(&mut self, id: &str, applied: Applied) {
@@ -538,8 +548,13 @@ impl ControllerCore {
     /// Moves every unfinished test on at `now_ms` and returns what to publish (including
     /// stops queued by [`ControllerCore::request_stop`]).
     pub fn poll(&mut self, now_ms: u64) -> Vec<Message> {
-        self.drivers
-            .retain(|_, d| now_ms.saturating_sub(d.last_heard_ms) <= DRIVER_FORGET_MS);
+        // Shells poll after every delivery; the registry is swept once a second, so a
+        // thousand drivers cost nothing per message.
+        if now_ms >= self.swept_ms + 1_000 || now_ms < self.swept_ms {
+            self.swept_ms = now_ms;
+            self.drivers
+                .retain(|_, d| now_ms.saturating_sub(d.last_heard_ms) <= DRIVER_FORGET_MS);
+        }
         let mut out = std::mem::take(&mut self.outbox);
         let ids: Vec<String> = self
             .tests

@@ -13,10 +13,10 @@
 //! serialization leaves the per-second timeline out, which the snapshot writes in
 //! bounded pieces.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use loadwave_proto::{
-    Activity, DriverHealth, DriverTotals, LatencyHistogram, Message, MetricsReport, TestConfig,
+    Activity, DriverHealth, DriverTotals, Message, MetricsReport, RecordedCounts, TestConfig,
     TestSpec, Trigger, TriggerAction,
 };
 use serde::{Deserialize, Serialize};
@@ -252,6 +252,10 @@ pub struct TestState {
     #[serde(default, rename = "timeline_chunks", skip_serializing)]
     pub(crate) chunks: ChunkBook,
     pub(crate) duplicates: u64,
+    /// Where each driver is in `drivers`, by id: every message names its driver, and a
+    /// test may have a thousand. Rebuilt when it no longer matches.
+    #[serde(skip)]
+    driver_index: HashMap<String, usize>,
     /// The newest send time seen on the bus (heartbeats, orchestrator ticks).
     clock_ms: u64,
     /// Time the bus was seen moving: advances with `clock_ms`, but by at most
@@ -292,6 +296,7 @@ impl TestState {
             timeline: BTreeMap::new(),
             chunks: ChunkBook::default(),
             duplicates: 0,
+            driver_index: HashMap::new(),
             clock_ms: now_ms,
             alive_ms: 0,
         }
@@ -425,8 +430,22 @@ impl TestState {
         self.duplicates
     }
 
+    fn driver_position(&mut self, id: &str) -> Option<usize> {
+        // Drivers are only ever assigned all at once, never removed or reordered.
+        if self.driver_index.len() != self.drivers.len() {
+            self.driver_index = self
+                .drivers
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (d.id.clone(), i))
+                .collect();
+        }
+        self.driver_index.get(id).copied()
+    }
+
     fn driver_mut(&mut self, id: &str) -> Option<&mut DriverTrack> {
-        self.drivers.iter_mut().find(|d| d.id == id)
+        let i = self.driver_position(id)?;
+        Some(&mut self.drivers[i])
     }
 
     /// Folds one message in. A driver that registers, heartbeats or reports counts as
@@ -477,7 +496,7 @@ impl TestState {
     }
 
     fn apply_report(&mut self, report: &MetricsReport) -> Applied {
-        let Some(index) = self.drivers.iter().position(|d| d.id == report.driver_id) else {
+        let Some(index) = self.driver_position(&report.driver_id) else {
             return Applied::Ignored;
         };
         if self.drivers[index].seqs.contains(report.seq) {
@@ -494,8 +513,9 @@ impl TestState {
         // Decode everything before changing anything, so a bad report leaves no trace.
         let mut histograms = Vec::with_capacity(report.buckets.len());
         for bucket in &report.buckets {
-            match LatencyHistogram::from_base64(&bucket.histogram) {
-                Ok(h) => histograms.push(h),
+            // Merged three times (driver, total, second): read once, as counts.
+            match RecordedCounts::from_base64(&bucket.histogram) {
+                Ok(counts) => histograms.push(counts),
                 Err(err) => return Applied::Rejected(err.to_string()),
             }
         }
