@@ -34,15 +34,16 @@ use crate::state::{TestState, TestStatus};
 
 /// Seconds of the timeline per chunk object.
 ///
-/// The tail written at every snapshot is up to `CHUNK_SECONDS + SEAL_LAG_SECONDS`
-/// seconds; a full read of a running test fetches one object per chunk. 30 s keeps both
-/// small: an hour-long test has 120 chunks, and its main document carries 17 s of
-/// histograms on average (see `make bench-controller` for the bytes).
-pub const CHUNK_SECONDS: u32 = 30;
+/// The tail written with every snapshot is up to `CHUNK_SECONDS + SEAL_LAG_SECONDS`
+/// seconds (half that on average), and a full read of a running test fetches one object
+/// per chunk: 20 s keeps both moderate (an hour-long test has 180 chunks). For 10 drivers
+/// an hour in, a snapshot is about 280 kB, most of it the drivers' own histograms
+/// (`make bench-controller` measures it).
+pub const CHUNK_SECONDS: u32 = 20;
 /// A chunk is sealed once the latest second is this far past its end: drivers report a
-/// second about 100 ms after it ends, and a worker busy with a slow request may flush a
-/// little later still. A bucket later than that costs a rewrite of its chunk, no more.
-pub const SEAL_LAG_SECONDS: u32 = 3;
+/// second about 100 ms after it ends, and a worker busy with a slow request flushes its
+/// bucket with the next report. A bucket later than that costs a rewrite of its chunk.
+pub const SEAL_LAG_SECONDS: u32 = 2;
 
 /// Where a sealed chunk is stored, and the change of the timeline it is current with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -397,5 +398,17 @@ impl TestState {
             .values()
             .map(|a| a.heap_bytes() + std::mem::size_of::<(u32, Aggregate)>())
             .sum()
+    }
+
+    /// Memory the other histograms take (every driver's and the total), roughly: what
+    /// grows with the latency range seen (a histogram widens to its largest value, up to
+    /// an hour), not with the test's age.
+    pub fn driver_heap_bytes(&self) -> usize {
+        self.total.heap_bytes()
+            + self
+                .drivers
+                .iter()
+                .map(|d| d.agg.heap_bytes())
+                .sum::<usize>()
     }
 }
