@@ -11,14 +11,16 @@
 //!                 [--test-id ID] [--driver-id ID] [--agents N]
 //! ```
 //!
-//! `--agents N` runs N pool drivers in one process (ids `{driver-id}-1` … `-N`), sharing
-//! the process's Kafka producer; each keeps its own subscription. It is how the
-//! controller bench puts hundreds of drivers on one machine.
+//! `--agents N` runs N pool drivers in one process (ids `{driver-id}-1` … `-N`) over one
+//! Kafka producer and one shared subscription ([`fanout`]). It is how the controller
+//! bench puts hundreds of drivers on one machine.
 //!
 //! Every flag is also read from the environment (`KAFKA_BROKERS`, `LOADWAVE_TEST_ID`, …),
 //! which is how an ECS task is configured. On ECS the driver id is its task's id, read
 //! from the task metadata endpoint (`ECS_CONTAINER_METADATA_URI_V4`), so the launcher
 //! knows it from `RunTask`'s answer.
+
+mod fanout;
 
 use std::sync::Arc;
 
@@ -46,8 +48,9 @@ struct Args {
     /// and a random suffix).
     #[arg(long, env = "LOADWAVE_DRIVER_ID")]
     driver_id: Option<String>,
-    /// Pool drivers to run in this process, ids `{driver-id}-1` … `-N` (for benchmarks
-    /// with more drivers than processes; not with --test-id).
+    /// Pool drivers to run in this process, ids `{driver-id}-1` … `-N`, sharing one
+    /// subscription (for benchmarks with more drivers than processes; not with
+    /// --test-id).
     #[arg(long, env = "LOADWAVE_AGENTS", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     agents: u32,
@@ -143,6 +146,7 @@ async fn main() -> anyhow::Result<()> {
         run_agent(bus, agent, monitor, shutdown).await?;
         return Ok(());
     }
+    let bus: Arc<dyn Bus> = Arc::new(fanout::FanoutBus::new(bus, driver_id.clone()));
     let mut agents = tokio::task::JoinSet::new();
     for i in 1..=args.agents {
         let agent = AgentConfig {
