@@ -148,12 +148,21 @@ impl Orchestrator {
             }
             (core.poll(now), core.take_finished())
         };
-        for (i, message) in outbox.iter().enumerate() {
-            if let Err(err) = self.bus.publish(message).await {
+        // All at once, in order: the producer batches them. One at a time, each waited
+        // for its own round trip, and a thousand drivers' configurations (re-sent every
+        // second until confirmed) held the loop for seconds.
+        let sent = futures::future::join_all(outbox.iter().map(|m| self.bus.publish(m))).await;
+        let failed: Vec<Message> = outbox
+            .into_iter()
+            .zip(sent)
+            .filter_map(|(message, sent)| sent.err().map(|err| (message, err)))
+            .map(|(message, err)| {
                 tracing::warn!(%err, "publish failed; retrying on the next step");
-                self.core().requeue(outbox[i..].to_vec());
-                break;
-            }
+                message
+            })
+            .collect();
+        if !failed.is_empty() {
+            self.core().requeue(failed);
         }
         for (test_id, slots) in finished {
             self.release(test_id, slots);
