@@ -17,8 +17,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use loadwave_bus::{Bus, BusError, Delivery};
 use loadwave_core::{
-    ControllerCore, ControllerOptions, DriverInfo, DriverRequest, DriverSlot, TestListItem,
-    TestView,
+    ControllerCore, ControllerOptions, DriverInfo, DriverRequest, DriverSlot, Snapshot,
+    TestListItem, TestView,
 };
 use loadwave_proto::{Message, TestSpec, Tick, Topic, unix_ms_now};
 use tokio::sync::{Notify, mpsc};
@@ -229,7 +229,7 @@ impl Orchestrator {
 
     /// Writes the snapshots the core says are due (all of them with `all`).
     async fn persist(&self, now: u64, all: bool) {
-        self.writer.write_due(&self.core, now, all).await;
+        let _ = self.writer.write_due(&self.core, now, all).await;
     }
 }
 
@@ -239,6 +239,9 @@ impl Orchestrator {
 pub struct SnapshotWriter {
     store: TestStore,
     versions: Mutex<HashMap<String, Version>>,
+    /// Chunk names are `{chunk}-{prefix}{count}`: random per writer, counted per write.
+    nonce_prefix: String,
+    writes: std::sync::atomic::AtomicU64,
 }
 
 impl SnapshotWriter {
@@ -247,6 +250,8 @@ impl SnapshotWriter {
         SnapshotWriter {
             store,
             versions: Mutex::default(),
+            nonce_prefix: uuid::Uuid::new_v4().simple().to_string()[..10].to_string(),
+            writes: Default::default(),
         }
     }
 
@@ -263,16 +268,25 @@ impl SnapshotWriter {
             .insert(id.to_string(), version);
     }
 
-    /// Writes the snapshots `core` says are due at `now` (all of them with `all`) and
-    /// tells it which were written. The snapshots are taken under the core's lock (they
-    /// are bounded: a test's state without its sealed timeline, plus the chunks that
-    /// changed); the writes happen outside it.
-    pub async fn write_due(&self, core: &Mutex<ControllerCore>, now: u64, all: bool) {
-        let nonce = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
+    /// Writes the snapshots `core` says are due at `now` (all of them with `all`), tells
+    /// it which were written and returns them. The snapshots are taken under the core's
+    /// lock (they are bounded: a test's state without its sealed timeline, plus the
+    /// chunks that changed); the writes happen outside it.
+    pub async fn write_due(
+        &self,
+        core: &Mutex<ControllerCore>,
+        now: u64,
+        all: bool,
+    ) -> Vec<Snapshot> {
+        let count = self
+            .writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nonce = format!("{}{count:x}", self.nonce_prefix);
         let due = core
             .lock()
             .expect("controller lock poisoned")
             .snapshots_due(now, all, &nonce);
+        let mut written = Vec::with_capacity(due.len());
         for snapshot in due {
             let id = snapshot.id.clone();
             let version = self.versions.lock().expect("lock").get(&id).cloned();
@@ -282,10 +296,12 @@ impl SnapshotWriter {
                     core.lock()
                         .expect("controller lock poisoned")
                         .snapshot_written(&snapshot, now);
+                    written.push(snapshot);
                 }
                 Err(err) => tracing::error!(test_id = %id, %err, "cannot persist test"),
             }
         }
+        written
     }
 }
 
