@@ -18,12 +18,15 @@
 #   make kafka-down  stop it
 #   make test        everything CI runs: build once, start Kafka, unit and integration tests
 #   make lint        rustfmt and clippy, warnings denied
-#   make bench       loadwave against wrk and oha on this machine, interleaved
+#   make bench       loadwave against wrk and oha on this machine, interleaved; then
+#                    make bench-controller
+#   make bench-controller  the controller at scale: 1,000 drivers in process, snapshot
+#                    bytes of an hour-long test, and hundreds of drivers over a real Kafka
 
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: local local-down local-aws local-aws-down images compose-check infra-check build-lambda deploy destroy kafka-up kafka-down test lint bench build build-release
+.PHONY: local local-down local-aws local-aws-down images compose-check infra-check build-lambda deploy destroy kafka-up kafka-down test lint bench bench-controller build build-release
 
 build:
 	$(CARGO) build --workspace --bins --tests
@@ -82,3 +85,6 @@ lint:
 
 bench:
 	bash scripts/bench.sh
+
+bench-controller:
+	bash scripts/bench-controller.sh

@@ -30,3 +30,6 @@ log "building loadwave (release)"
 cargo build --release --bins --locked
 
 python3 scripts/bench.py
+
+# Then the controller at scale (make bench-controller).
+bash "$ROOT/scripts/bench-controller.sh"

@@ -8,13 +8,19 @@
 //!
 //! ```text
 //! loadwave-driver --brokers 127.0.0.1:9092 [--topic-prefix P] [--kafka-auth none|tls|msk-iam]
-//!                 [--test-id ID] [--driver-id ID]
+//!                 [--test-id ID] [--driver-id ID] [--agents N]
 //! ```
+//!
+//! `--agents N` runs N pool drivers in one process (ids `{driver-id}-1` … `-N`) over one
+//! Kafka producer and one shared subscription ([`fanout`]). It is how the controller
+//! bench puts hundreds of drivers on one machine.
 //!
 //! Every flag is also read from the environment (`KAFKA_BROKERS`, `LOADWAVE_TEST_ID`, …),
 //! which is how an ECS task is configured. On ECS the driver id is its task's id, read
 //! from the task metadata endpoint (`ECS_CONTAINER_METADATA_URI_V4`), so the launcher
 //! knows it from `RunTask`'s answer.
+
+mod fanout;
 
 use std::sync::Arc;
 
@@ -42,6 +48,12 @@ struct Args {
     /// and a random suffix).
     #[arg(long, env = "LOADWAVE_DRIVER_ID")]
     driver_id: Option<String>,
+    /// Pool drivers to run in this process, ids `{driver-id}-1` … `-N`, sharing one
+    /// subscription (for benchmarks with more drivers than processes; not with
+    /// --test-id).
+    #[arg(long, env = "LOADWAVE_AGENTS", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    agents: u32,
 }
 
 /// The task ARN from the ECS task metadata endpoint (v4), if this runs in an ECS task.
@@ -82,6 +94,9 @@ fn host_name() -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.agents > 1 && args.test_id.is_some() {
+        anyhow::bail!("--agents runs pool drivers; it cannot be combined with --test-id");
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -121,12 +136,36 @@ async fn main() -> anyhow::Result<()> {
             shutdown.cancel();
         }
     });
-    let agent = AgentConfig {
-        driver_id,
-        host,
-        mode,
-    };
-    run_agent(bus, agent, SysMonitor::spawn(), shutdown).await?;
+    let monitor = SysMonitor::spawn();
+    if args.agents == 1 {
+        let agent = AgentConfig {
+            driver_id,
+            host,
+            mode,
+        };
+        run_agent(bus, agent, monitor, shutdown).await?;
+        return Ok(());
+    }
+    let bus: Arc<dyn Bus> = Arc::new(fanout::FanoutBus::new(bus, driver_id.clone()));
+    let mut agents = tokio::task::JoinSet::new();
+    for i in 1..=args.agents {
+        let agent = AgentConfig {
+            driver_id: format!("{driver_id}-{i}"),
+            host: host.clone(),
+            mode: mode.clone(),
+        };
+        agents.spawn(run_agent(
+            bus.clone(),
+            agent,
+            monitor.clone(),
+            shutdown.clone(),
+        ));
+    }
+    while let Some(done) = agents.join_next().await {
+        // One agent failing (its subscription, say) takes the process down, as it would
+        // a single driver.
+        done??;
+    }
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use loadwave_proto::{BucketStats, ErrorKind, HistogramError, LatencyHistogram};
+use loadwave_proto::{BucketStats, ErrorKind, HistogramError, LatencyHistogram, RecordedCounts};
 use serde::{Deserialize, Serialize};
 
 /// The sum of any number of driver buckets.
@@ -26,13 +26,13 @@ pub struct Aggregate {
 }
 
 impl Aggregate {
-    /// Adds one bucket (already decoded histogram alongside).
+    /// Adds one bucket, its histogram already decoded ([`LatencyHistogram::recorded`]).
     pub fn add(
         &mut self,
         bucket: &BucketStats,
-        histogram: &LatencyHistogram,
+        histogram: &RecordedCounts,
     ) -> Result<(), HistogramError> {
-        self.histogram.add(histogram)?;
+        self.histogram.add_recorded(histogram)?;
         self.requests += bucket.requests;
         self.errors += bucket.errors;
         self.late += bucket.late;
@@ -81,6 +81,13 @@ impl Aggregate {
     /// The merged histogram.
     pub fn histogram(&self) -> &LatencyHistogram {
         &self.histogram
+    }
+
+    /// Bytes of memory it takes beyond its own struct, roughly (for accounting).
+    pub fn heap_bytes(&self) -> usize {
+        // A B-tree entry of a small map: key, value and node overhead.
+        const ENTRY: usize = 32;
+        self.histogram.heap_bytes() + ENTRY * (self.status_codes.len() + self.error_kinds.len())
     }
 }
 

@@ -18,6 +18,7 @@ use loadwave_proto::{Activity, Message, TestSpec, Topic};
 use serde::{Deserialize, Serialize};
 
 use crate::limits::Limits;
+use crate::snapshot::Snapshot;
 use crate::state::{Applied, DriverSlot, TestOptions, TestState, TestStatus};
 use crate::view::TestView;
 
@@ -221,6 +222,10 @@ pub struct ControllerCore {
     finished: Vec<(String, Vec<DriverSlot>)>,
     outbox: Vec<Message>,
     stats: BusStats,
+    /// Reports deferred because a timeline chunk they touch is not in memory.
+    needs_chunks: BTreeSet<(String, u32)>,
+    /// When the driver registry was last swept of forgotten drivers.
+    swept_ms: u64,
 }
 
 impl ControllerCore {
@@ -237,6 +242,8 @@ impl ControllerCore {
             finished: Vec::new(),
             outbox: Vec::new(),
             stats: BusStats::default(),
+            needs_chunks: BTreeSet::new(),
+            swept_ms: 0,
         }
     }
 
@@ -278,13 +285,20 @@ impl ControllerCore {
     fn touch(&mut self, id: &str) {
         self.changes += 1;
         let change = self.changes;
-        self.dirty
-            .entry(id.to_string())
-            .and_modify(|d| d.last = change)
-            .or_insert(Dirt {
-                first: change,
-                last: change,
-            });
+        // Looked up first: a busy test is touched by every report, and the key only
+        // needs allocating the first time.
+        match self.dirty.get_mut(id) {
+            Some(d) => d.last = change,
+            None => {
+                self.dirty.insert(
+                    id.to_string(),
+                    Dirt {
+                        first: change,
+                        last: change,
+                    },
+                );
+            }
+        }
     }
 
     fn mark(&mut self, id: &str, applied: Applied) {
@@ -294,8 +308,18 @@ impl ControllerCore {
                 self.stats.rejected += 1;
                 tracing::warn!(test_id = id, %reason, "report rejected");
             }
+            Applied::NeedsChunk(chunk) => {
+                self.needs_chunks.insert((id.to_string(), chunk));
+            }
             Applied::Duplicate | Applied::Ignored => {}
         }
+    }
+
+    /// Timeline chunks (test, chunk) that reports needed but were not in memory since the
+    /// last call. Those reports changed nothing: a shell that loads tests without their
+    /// sealed chunks loads these and folds the same messages again.
+    pub fn take_chunk_requests(&mut self) -> Vec<(String, u32)> {
+        std::mem::take(&mut self.needs_chunks).into_iter().collect()
     }
 
     /// Decodes and folds one delivered payload. A payload that does not decode is counted
@@ -524,8 +548,13 @@ impl ControllerCore {
     /// Moves every unfinished test on at `now_ms` and returns what to publish (including
     /// stops queued by [`ControllerCore::request_stop`]).
     pub fn poll(&mut self, now_ms: u64) -> Vec<Message> {
-        self.drivers
-            .retain(|_, d| now_ms.saturating_sub(d.last_heard_ms) <= DRIVER_FORGET_MS);
+        // Shells poll after every delivery; the registry is swept once a second, so a
+        // thousand drivers cost nothing per message.
+        if now_ms >= self.swept_ms + 1_000 || now_ms < self.swept_ms {
+            self.swept_ms = now_ms;
+            self.drivers
+                .retain(|_, d| now_ms.saturating_sub(d.last_heard_ms) <= DRIVER_FORGET_MS);
+        }
         let mut out = std::mem::take(&mut self.outbox);
         let ids: Vec<String> = self
             .tests
@@ -560,9 +589,11 @@ impl ControllerCore {
         std::mem::take(&mut self.finished)
     }
 
-    /// Snapshots to write now, each with the change it is current as of: at once when a
-    /// test's status changed (or `all`), otherwise at most every `persist_every_ms`.
-    pub fn snapshots_due(&self, now_ms: u64, all: bool) -> Vec<(TestState, u64)> {
+    /// Snapshots to write now ([`TestState::snapshot`], chunk objects named with
+    /// `nonce`, which no other call may use), each current as of its `change`: at once
+    /// when a test's status changed (or `all`), otherwise at most every
+    /// `persist_every_ms`. A test that cannot be snapshotted is logged and left dirty.
+    pub fn snapshots_due(&self, now_ms: u64, all: bool, nonce: &str) -> Vec<Snapshot> {
         self.dirty
             .iter()
             .filter_map(|(id, dirt)| self.tests.get(id).map(|t| (t, dirt.last)))
@@ -574,13 +605,25 @@ impl ControllerCore {
                     .unwrap_or((TestStatus::Pending, 0));
                 all || status != t.status() || now_ms >= at + self.options.persist_every_ms
             })
-            .map(|(t, change)| (t.clone(), change))
+            .filter_map(|(t, change)| match t.snapshot(nonce) {
+                Ok(snapshot) => Some(Snapshot { change, ..snapshot }),
+                Err(err) => {
+                    tracing::error!(test_id = t.id(), %err, "cannot snapshot test");
+                    None
+                }
+            })
             .collect()
     }
 
-    /// A snapshot of test `id`, current as of `change`, was written at `now_ms`.
-    pub fn persisted(&mut self, id: &str, change: u64, status: TestStatus, now_ms: u64) {
-        self.persisted.insert(id.to_string(), (status, now_ms));
+    /// `snapshot` (from [`ControllerCore::snapshots_due`]) was written at `now_ms`.
+    pub fn snapshot_written(&mut self, snapshot: &Snapshot, now_ms: u64) {
+        let id = snapshot.id.as_str();
+        if let Some(test) = self.tests.get_mut(id) {
+            test.snapshot_written(snapshot);
+        }
+        self.persisted
+            .insert(id.to_string(), (snapshot.status, now_ms));
+        let change = snapshot.change;
         if let Some(dirt) = self.dirty.get_mut(id) {
             if dirt.last == change {
                 self.dirty.remove(id);

@@ -18,7 +18,9 @@
 pub mod aggregate;
 pub mod controller;
 pub mod limits;
+pub mod seqs;
 pub mod session;
+pub mod snapshot;
 pub mod state;
 pub mod view;
 
@@ -28,5 +30,7 @@ pub use controller::{
     TestListItem,
 };
 pub use limits::{Limits, OverLimit};
+pub use seqs::SeqSet;
+pub use snapshot::{CHUNK_SECONDS, ChunkWrite, SEAL_LAG_SECONDS, Snapshot, SnapshotError};
 pub use state::{Applied, DriverPhase, DriverSlot, TestOptions, TestState, TestStatus};
 pub use view::{Check, DriverView, SendLagMs, Summary, TestView, TimelinePoint, Verdict};

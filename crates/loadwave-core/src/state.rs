@@ -8,16 +8,22 @@
 //! Folding is idempotent: every driver report carries a sequence number and a report
 //! whose number was seen changes nothing. Counts add and histograms merge, so the order
 //! reports arrive in does not change the result.
+//!
+//! A state persists through [`TestState::snapshot`] (see [`crate::snapshot`]): its own
+//! serialization leaves the per-second timeline out, which the snapshot writes in
+//! bounded pieces.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashMap};
 
 use loadwave_proto::{
-    Activity, DriverHealth, DriverTotals, LatencyHistogram, Message, MetricsReport, SendLag,
+    Activity, DriverHealth, DriverTotals, Message, MetricsReport, RecordedCounts, SendLag,
     TestConfig, TestSpec, Trigger, TriggerAction,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::Aggregate;
+use crate::seqs::SeqSet;
+use crate::snapshot::ChunkBook;
 
 /// Timing of the coordination, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,6 +134,9 @@ pub enum Applied {
     Ignored,
     /// About this test but unusable (a histogram that does not decode).
     Rejected(String),
+    /// A report with a bucket for a stored timeline chunk that is not in memory (a state
+    /// loaded without its sealed chunks). Nothing changed: load the chunk and fold again.
+    NeedsChunk(u32),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -137,7 +146,7 @@ pub(crate) struct DriverTrack {
     pub(crate) last_seen_ms: u64,
     config_sent_ms: Option<u64>,
     reregistered: bool,
-    pub(crate) seqs: BTreeSet<u64>,
+    pub(crate) seqs: SeqSet,
     pub(crate) final_seq: Option<u64>,
     pub(crate) agg: Aggregate,
     pub(crate) totals: DriverTotals,
@@ -188,7 +197,7 @@ impl DriverTrack {
             last_seen_ms: now_ms,
             config_sent_ms: None,
             reregistered: false,
-            seqs: BTreeSet::new(),
+            seqs: SeqSet::new(),
             final_seq: None,
             agg: Aggregate::default(),
             totals: DriverTotals::default(),
@@ -210,14 +219,17 @@ impl DriverTrack {
     /// Reports numbered below the final one that never arrived.
     pub(crate) fn missing_reports(&self) -> u64 {
         match self.final_seq {
-            Some(last) => (last + 1).saturating_sub(self.seqs.range(..=last).count() as u64),
+            Some(last) => (last.saturating_add(1)).saturating_sub(self.seqs.count_through(last)),
             None => 0,
         }
     }
 }
 
-/// One test, folded from its drivers' messages. It serializes whole (histograms as
-/// base64), so a snapshot restores it exactly.
+/// One test, folded from its drivers' messages.
+///
+/// Its serde form is everything but the per-second timeline (histograms as base64);
+/// [`TestState::snapshot`] adds the timeline in chunks and [`TestState::from_doc`] with
+/// [`TestState::restore_chunk`] read it back exactly.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TestState {
     pub(crate) id: String,
@@ -236,8 +248,18 @@ pub struct TestState {
     trigger_sent_ms: Option<u64>,
     pub(crate) drivers: Vec<DriverTrack>,
     pub(crate) total: Aggregate,
+    /// Every second of the test, all drivers merged. Read from a document (the seconds
+    /// held inline), written by [`TestState::snapshot`].
+    #[serde(default, skip_serializing)]
     pub(crate) timeline: BTreeMap<u32, Aggregate>,
+    /// Which chunks of the timeline are stored where (the document's manifest).
+    #[serde(default, rename = "timeline_chunks", skip_serializing)]
+    pub(crate) chunks: ChunkBook,
     pub(crate) duplicates: u64,
+    /// Where each driver is in `drivers`, by id: every message names its driver, and a
+    /// test may have a thousand. Rebuilt when it no longer matches.
+    #[serde(skip)]
+    driver_index: HashMap<String, usize>,
     /// The newest send time seen on the bus (heartbeats, orchestrator ticks).
     clock_ms: u64,
     /// Time the bus was seen moving: advances with `clock_ms`, but by at most
@@ -276,7 +298,9 @@ impl TestState {
                 .collect(),
             total: Aggregate::default(),
             timeline: BTreeMap::new(),
+            chunks: ChunkBook::default(),
             duplicates: 0,
+            driver_index: HashMap::new(),
             clock_ms: now_ms,
             alive_ms: 0,
         }
@@ -410,8 +434,22 @@ impl TestState {
         self.duplicates
     }
 
+    fn driver_position(&mut self, id: &str) -> Option<usize> {
+        // Drivers are only ever assigned all at once, never removed or reordered.
+        if self.driver_index.len() != self.drivers.len() {
+            self.driver_index = self
+                .drivers
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (d.id.clone(), i))
+                .collect();
+        }
+        self.driver_index.get(id).copied()
+    }
+
     fn driver_mut(&mut self, id: &str) -> Option<&mut DriverTrack> {
-        self.drivers.iter_mut().find(|d| d.id == id)
+        let i = self.driver_position(id)?;
+        Some(&mut self.drivers[i])
     }
 
     /// Folds one message in. A driver that registers, heartbeats or reports counts as
@@ -462,18 +500,26 @@ impl TestState {
     }
 
     fn apply_report(&mut self, report: &MetricsReport) -> Applied {
-        let Some(index) = self.drivers.iter().position(|d| d.id == report.driver_id) else {
+        let Some(index) = self.driver_position(&report.driver_id) else {
             return Applied::Ignored;
         };
-        if self.drivers[index].seqs.contains(&report.seq) {
+        if self.drivers[index].seqs.contains(report.seq) {
             self.duplicates += 1;
             return Applied::Duplicate;
+        }
+        if let Some(bucket) = report
+            .buckets
+            .iter()
+            .find(|b| self.chunks.is_unloaded(b.second))
+        {
+            return Applied::NeedsChunk(self.chunks.chunk_of(bucket.second));
         }
         // Decode everything before changing anything, so a bad report leaves no trace.
         let mut histograms = Vec::with_capacity(report.buckets.len());
         for bucket in &report.buckets {
-            match LatencyHistogram::from_base64(&bucket.histogram) {
-                Ok(h) => histograms.push(h),
+            // Merged three times (driver, total, second): read once, as counts.
+            match RecordedCounts::from_base64(&bucket.histogram) {
+                Ok(counts) => histograms.push(counts),
                 Err(err) => return Applied::Rejected(err.to_string()),
             }
         }
@@ -523,6 +569,7 @@ impl TestState {
             if let Err(err) = merged {
                 tracing::error!(%err, "histogram merge failed");
             }
+            self.chunks.touch(bucket.second);
         }
         Applied::Changed
     }

@@ -210,7 +210,7 @@ impl TestState {
                 } else {
                     0
                 },
-                reports: d.seqs.len() as u64,
+                reports: d.seqs.len(),
                 missing_reports: d.missing_reports(),
                 elapsed_ms: d.elapsed_ms,
                 start_delay_ms: d.start_delay_us.map(|us| us as f64 / 1000.0),

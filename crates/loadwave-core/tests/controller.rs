@@ -38,8 +38,8 @@ fn with_test(core: &mut ControllerCore, id: &str, drivers: &[&str]) {
 
 /// Writes every due snapshot, as a shell does after a step.
 fn persist_all(core: &mut ControllerCore, now: u64) {
-    for (state, change) in core.snapshots_due(now, true) {
-        core.persisted(state.id(), change, state.status(), now);
+    for snapshot in core.snapshots_due(now, true, &format!("n{now}")) {
+        core.snapshot_written(&snapshot, now);
     }
 }
 
@@ -100,9 +100,9 @@ fn overlapping_tests_do_not_hold_acknowledgements_back() {
         assert!(core.ack_watermark() < ta);
         // Only a's snapshot is due first (as if b's write were slow): a's delivery may
         // go, b's may not.
-        let due = core.snapshots_due(now, true);
-        let (a_state, a_change) = due.iter().find(|(s, _)| s.id() == "a").unwrap().clone();
-        core.persisted("a", a_change, a_state.status(), now);
+        let due = core.snapshots_due(now, true, "n");
+        let a = due.iter().find(|s| s.id == "a").unwrap();
+        core.snapshot_written(a, now);
         assert!(
             core.ack_watermark() >= ta,
             "a's report acknowledgeable once a is written"
@@ -122,9 +122,9 @@ fn a_change_during_a_write_keeps_the_test_dirty() {
     let mut core = ControllerCore::new(ControllerOptions::default());
     with_test(&mut core, "a", &["a1"]);
     start(&mut core, "a", &["a1"], T0);
-    let (state, change) = core.snapshots_due(T0, true).pop().unwrap();
+    let snapshot = core.snapshots_due(T0, true, "n").pop().unwrap();
     let ticket = core.ingest_payload(Topic::Metrics, &report("a", "a1", 0, false, 3).encode(), T0);
-    core.persisted("a", change, state.status(), T0);
+    core.snapshot_written(&snapshot, T0);
     assert!(!core.is_clean());
     assert!(core.ack_watermark() < ticket);
     persist_all(&mut core, T0);

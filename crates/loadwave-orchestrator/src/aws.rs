@@ -100,7 +100,7 @@ impl Backend for StoreBackend {
 
     async fn stop(&self, id: &str) -> Result<TestView, AppError> {
         for _ in 0..WRITE_ATTEMPTS {
-            let Some((mut state, version)) = self.store.load(id).await? else {
+            let Some((mut state, version)) = self.store.load_head(id).await? else {
                 return Err(loadwave_core::StopError::NotFound(id.to_string()).into());
             };
             let mut core = ControllerCore::new(self.options);
@@ -108,7 +108,7 @@ impl Backend for StoreBackend {
             let view = core.request_stop(id, unix_ms_now())?;
             let messages = core.poll(unix_ms_now());
             state = core.test(id).expect("inserted").clone();
-            match self.store.save(&state, Some(&version)).await {
+            match self.store.save(&mut state, Some(&version)).await {
                 Ok(_) => {
                     for m in &messages {
                         self.bus
@@ -307,6 +307,10 @@ impl LambdaController {
     }
 
     /// Read-fold-write of one test until the write wins, then publish and release.
+    ///
+    /// `state` comes from the main document alone: its sealed timeline chunks stay in
+    /// the store unless a late report needs one, which is then loaded and the batch
+    /// folded again from the state as read.
     async fn fold_test(
         &self,
         mut state: TestState,
@@ -320,22 +324,44 @@ impl LambdaController {
         for _ in 0..WRITE_ATTEMPTS {
             let before = serde_json::to_vec(&state).expect("state serializes");
             let mut core = ControllerCore::new(ControllerOptions::default());
-            core.insert(state, now_ms);
+            core.insert(state.clone(), now_ms);
             for m in messages {
                 core.ingest(m, now_ms);
+            }
+            let needed: Vec<u32> = core
+                .take_chunk_requests()
+                .into_iter()
+                .map(|(_, chunk)| chunk)
+                .collect();
+            if !needed.is_empty() {
+                // Late reports for sealed seconds: fold again with their chunks.
+                match self.store.load_chunks(&mut state, Some(&needed)).await {
+                    Ok(()) => continue,
+                    Err(StoreError::Conflict(_)) => {
+                        outcome.conflicts += 1;
+                        match self.store.load_head(&id).await? {
+                            Some((s, v)) if !s.is_finished() => (state, version) = (s, v),
+                            _ => return Ok(()),
+                        }
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             for (handle, reason) in gone {
                 core.driver_gone(&id, handle, reason);
             }
             let publish = core.poll(now_ms);
             let finished = core.take_finished();
-            let after_state = core.test(&id).expect("inserted").clone();
-            // Clock moves count too: lost-driver detection runs on them.
+            let mut after_state = core.test(&id).expect("inserted").clone();
+            // Clock moves count too: lost-driver detection runs on them. (The serde form
+            // leaves the timeline out, but every report that changes it changes the
+            // driver's sequence numbers.)
             let after = serde_json::to_vec(&after_state).expect("state serializes");
             if after == before && publish.is_empty() {
                 return Ok(());
             }
-            match self.store.save(&after_state, Some(&version)).await {
+            match self.store.save(&mut after_state, Some(&version)).await {
                 Ok(_) => {
                     outcome.written += 1;
                     for m in &publish {
@@ -352,7 +378,7 @@ impl LambdaController {
                 }
                 Err(StoreError::Conflict(_)) => {
                     outcome.conflicts += 1;
-                    match self.store.load(&id).await? {
+                    match self.store.load_head(&id).await? {
                         Some((s, v)) if !s.is_finished() => (state, version) = (s, v),
                         _ => return Ok(()),
                     }

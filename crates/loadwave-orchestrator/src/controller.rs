@@ -17,8 +17,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use loadwave_bus::{Bus, BusError, Delivery};
 use loadwave_core::{
-    ControllerCore, ControllerOptions, DriverInfo, DriverRequest, DriverSlot, TestListItem,
-    TestView,
+    ControllerCore, ControllerOptions, DriverInfo, DriverRequest, DriverSlot, Snapshot,
+    TestListItem, TestView,
 };
 use loadwave_proto::{Message, TestSpec, Tick, Topic, unix_ms_now};
 use tokio::sync::{Notify, mpsc};
@@ -34,11 +34,10 @@ const INSPECT_EVERY_MS: u64 = 2_000;
 /// The orchestrator: tests, drivers, and the clients to reach them.
 pub struct Orchestrator {
     bus: Arc<dyn Bus>,
-    store: TestStore,
     launcher: Arc<dyn Launcher>,
     orchestrator_id: String,
     core: Mutex<ControllerCore>,
-    versions: Mutex<HashMap<String, Version>>,
+    writer: SnapshotWriter,
     requests: mpsc::UnboundedSender<DriverRequest>,
     requests_rx: Mutex<Option<mpsc::UnboundedReceiver<DriverRequest>>>,
     wake: Notify,
@@ -64,11 +63,10 @@ impl Orchestrator {
         let (tx, rx) = mpsc::unbounded_channel();
         Ok(Arc::new(Orchestrator {
             bus,
-            store,
             launcher,
             orchestrator_id: format!("orchestrator-{}", std::process::id()),
             core: Mutex::new(core),
-            versions: Mutex::default(),
+            writer: SnapshotWriter::new(store),
             requests: tx,
             requests_rx: Mutex::new(Some(rx)),
             wake: Notify::new(),
@@ -150,12 +148,21 @@ impl Orchestrator {
             }
             (core.poll(now), core.take_finished())
         };
-        for (i, message) in outbox.iter().enumerate() {
-            if let Err(err) = self.bus.publish(message).await {
+        // All at once, in order: the producer batches them. One at a time, each waited
+        // for its own round trip, and a thousand drivers' configurations (re-sent every
+        // second until confirmed) held the loop for seconds.
+        let sent = futures::future::join_all(outbox.iter().map(|m| self.bus.publish(m))).await;
+        let failed: Vec<Message> = outbox
+            .into_iter()
+            .zip(sent)
+            .filter_map(|(message, sent)| sent.err().map(|err| (message, err)))
+            .map(|(message, err)| {
                 tracing::warn!(%err, "publish failed; retrying on the next step");
-                self.core().requeue(outbox[i..].to_vec());
-                break;
-            }
+                message
+            })
+            .collect();
+        if !failed.is_empty() {
+            self.core().requeue(failed);
         }
         for (test_id, slots) in finished {
             self.release(test_id, slots);
@@ -222,18 +229,79 @@ impl Orchestrator {
 
     /// Writes the snapshots the core says are due (all of them with `all`).
     async fn persist(&self, now: u64, all: bool) {
-        let due = self.core().snapshots_due(now, all);
-        for (state, change) in due {
-            let id = state.id().to_string();
+        let _ = self.writer.write_due(&self.core, now, all).await;
+    }
+}
+
+/// Writes a controller's due snapshots to a store, remembering the version of each test
+/// for the next conditional write. The orchestrator's loop uses it after every step (and
+/// the controller bench the same way).
+pub struct SnapshotWriter {
+    store: TestStore,
+    versions: Mutex<HashMap<String, Version>>,
+    /// Chunk names are `{chunk}-{prefix}{count}`: random per writer, counted per write.
+    nonce_prefix: String,
+    writes: std::sync::atomic::AtomicU64,
+}
+
+impl SnapshotWriter {
+    /// Over `store`.
+    pub fn new(store: TestStore) -> Self {
+        SnapshotWriter {
+            store,
+            versions: Mutex::default(),
+            nonce_prefix: uuid::Uuid::new_v4().simple().to_string()[..10].to_string(),
+            writes: Default::default(),
+        }
+    }
+
+    /// The store written to.
+    pub fn store(&self) -> &TestStore {
+        &self.store
+    }
+
+    /// Test `id` was written at `version` by someone else (created through the API).
+    pub fn written_at(&self, id: &str, version: Version) {
+        self.versions
+            .lock()
+            .expect("lock")
+            .insert(id.to_string(), version);
+    }
+
+    /// Writes the snapshots `core` says are due at `now` (all of them with `all`), tells
+    /// it which were written and returns them. The snapshots are taken under the core's
+    /// lock (they are bounded: a test's state without its sealed timeline, plus the
+    /// chunks that changed); the writes happen outside it.
+    pub async fn write_due(
+        &self,
+        core: &Mutex<ControllerCore>,
+        now: u64,
+        all: bool,
+    ) -> Vec<Snapshot> {
+        let count = self
+            .writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nonce = format!("{}{count:x}", self.nonce_prefix);
+        let due = core
+            .lock()
+            .expect("controller lock poisoned")
+            .snapshots_due(now, all, &nonce);
+        let mut written = Vec::with_capacity(due.len());
+        for snapshot in due {
+            let id = snapshot.id.clone();
             let version = self.versions.lock().expect("lock").get(&id).cloned();
-            match self.store.save(&state, version.as_ref()).await {
+            match self.store.write(&snapshot, version.as_ref()).await {
                 Ok(v) => {
-                    self.versions.lock().expect("lock").insert(id.clone(), v);
-                    self.core().persisted(&id, change, state.status(), now);
+                    self.versions.lock().expect("lock").insert(id, v);
+                    core.lock()
+                        .expect("controller lock poisoned")
+                        .snapshot_written(&snapshot, now);
+                    written.push(snapshot);
                 }
                 Err(err) => tracing::error!(test_id = %id, %err, "cannot persist test"),
             }
         }
+        written
     }
 }
 
@@ -247,9 +315,9 @@ impl Backend for Orchestrator {
         let now = unix_ms_now();
         let id = uuid::Uuid::now_v7().simple().to_string();
         let state = self.core().new_test(&id, spec, now);
-        let version = self.store.create(&state).await?;
+        let version = self.writer.store().create(&state).await?;
         let view = state.view();
-        self.versions.lock().expect("lock").insert(id, version);
+        self.writer.written_at(&id, version);
         self.core().insert(state, now);
         self.wake.notify_one();
         Ok(view)

@@ -18,7 +18,7 @@ pub mod message;
 pub mod spec;
 pub mod threshold;
 
-pub use histogram::{HistogramError, LatencyHistogram};
+pub use histogram::{HistogramError, LatencyHistogram, RecordedCounts};
 pub use message::{
     Activity, BucketStats, DecodeError, DriverHealth, DriverTotals, ErrorKind, Heartbeat, Message,
     MetricsReport, PROTOCOL_VERSION, Register, SendLag, TestConfig, Tick, Topic, Trigger,

@@ -54,13 +54,31 @@ fn uuid_like() -> String {
     )
 }
 
-/// A fresh bucket and its store.
-fn bucket(endpoint: &str) -> TestStore {
+/// A fresh bucket (its name) and its store.
+fn bucket(endpoint: &str) -> (String, TestStore) {
     let name = unique("lw-test");
     ureq::put(&format!("{endpoint}/{name}"))
         .send_empty()
         .expect("moto creates the bucket");
-    TestStore::from_url(&format!("s3://{name}/state")).unwrap()
+    let store = TestStore::from_url(&format!("s3://{name}/state")).unwrap();
+    (name, store)
+}
+
+/// The keys under `prefix` in `bucket`, sorted (S3's ListObjectsV2 on moto).
+fn s3_keys(endpoint: &str, bucket: &str, prefix: &str) -> Vec<String> {
+    let xml = ureq::get(&format!("{endpoint}/{bucket}?list-type=2&prefix={prefix}"))
+        .call()
+        .expect("moto lists the bucket")
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    let mut keys: Vec<String> = xml
+        .split("<Key>")
+        .skip(1)
+        .filter_map(|rest| rest.split_once("</Key>").map(|(k, _)| k.to_string()))
+        .collect();
+    keys.sort();
+    keys
 }
 
 /// Counts `RunTask` calls and the tasks each asked for; fails call number `fail_at`
@@ -332,6 +350,8 @@ fn schedule_event() -> Value {
 struct Deployed {
     client: aws_sdk_ecs::Client,
     ecs_config: EcsConfig,
+    endpoint: String,
+    bucket: String,
     store: TestStore,
     api: StoreBackend,
     controller: LambdaController,
@@ -347,7 +367,7 @@ impl Deployed {
         let (client, ecs_config) = ecs(&endpoint, RunTaskCounter::default()).await;
         let launcher: Arc<dyn Launcher> =
             Arc::new(EcsLauncher::new(client.clone(), ecs_config.clone()));
-        let store = bucket(&endpoint);
+        let (bucket, store) = bucket(&endpoint);
         let bus = MemoryBus::new();
         let out = bus.subscribe(topics, "test").await.unwrap();
         let bus: Arc<dyn Bus> = Arc::new(bus);
@@ -367,6 +387,8 @@ impl Deployed {
         Deployed {
             client,
             ecs_config,
+            endpoint,
+            bucket,
             store,
             api,
             controller,
@@ -464,6 +486,84 @@ async fn msk_batches_fold_into_s3_and_concurrent_invocations_lose_nothing() {
             "tasks stopped at the end"
         );
     }
+}
+
+/// The timeline persisted in chunks on S3: three invocations at once every second for
+/// long enough to seal chunks, then late reports for a sealed chunk from three at once
+/// (each loads that chunk, and all but one lose the conditional write and fold again).
+/// Every request is counted once, in the summary and in the timeline; S3 holds exactly
+/// the chunk objects the document names; the finished test is one document.
+#[tokio::test]
+async fn concurrent_invocations_fold_a_chunked_timeline_exactly() {
+    let mut d = Deployed::create(3, 100_000, &[Topic::Trigger]).await;
+    let (id, drivers) = (d.id.clone(), d.drivers.clone());
+    let ready: Vec<Message> = drivers.iter().map(|d| register(d, Some(&id))).collect();
+    d.handle(msk_event(Topic::Register, &ready)).await;
+    let (m, _) = d.out.next_message().await.unwrap();
+    assert!(matches!(m, Message::Trigger(_)), "{m:?}");
+
+    let seconds = 2 * loadwave_core::CHUNK_SECONDS + loadwave_core::SEAL_LAG_SECONDS + 2;
+    let mut conflicts = 0;
+    for second in 0..u64::from(seconds) {
+        let events: Vec<Value> = drivers
+            .iter()
+            .map(|d| msk_event(Topic::Metrics, &[report(&id, d, second, false, 10)]))
+            .collect();
+        for r in futures_join(events.into_iter().map(|e| d.handle(e))).await {
+            conflicts += r.conflicts;
+        }
+    }
+    // Late buckets for second 3, in chunk 0, sealed by now.
+    let late: Vec<Value> = drivers
+        .iter()
+        .map(|drv| {
+            let mut m = report(&id, drv, 5_000, false, 7);
+            if let Message::Metrics(r) = &mut m {
+                r.buckets[0].second = 3;
+            }
+            msk_event(Topic::Metrics, &[m])
+        })
+        .collect();
+    for r in futures_join(late.into_iter().map(|e| d.handle(e))).await {
+        conflicts += r.conflicts;
+    }
+    let expected = 3 * (10 * u64::from(seconds) + 7);
+    let view = d.api.view(&id).await.unwrap().unwrap();
+    assert_eq!(view.summary.requests, expected);
+    assert_eq!(view.timeline.len(), seconds as usize);
+    assert_eq!(
+        view.timeline.iter().map(|p| p.requests).sum::<u64>(),
+        expected
+    );
+    assert_eq!(view.timeline[3].requests, 3 * (10 + 7));
+    let (head, _) = d.store.load_head(&id).await.unwrap().unwrap();
+    let named: Vec<String> = head
+        .unloaded_chunks()
+        .iter()
+        .map(|(_, name)| format!("state/tests/{id}/timeline/{name}.json"))
+        .collect();
+    assert_eq!(named.len(), 2, "two sealed chunks");
+    let mut sorted = named.clone();
+    sorted.sort();
+    assert_eq!(
+        s3_keys(&d.endpoint, &d.bucket, &format!("state/tests/{id}/")),
+        sorted,
+        "exactly the named chunks are stored"
+    );
+    eprintln!("conditional-write conflicts redone: {conflicts}");
+
+    let finals: Vec<Message> = drivers
+        .iter()
+        .map(|drv| report(&id, drv, 9_999, true, 0))
+        .collect();
+    d.handle(msk_event(Topic::Metrics, &finals)).await;
+    let view = d.api.view(&id).await.unwrap().unwrap();
+    assert_eq!(view.status, TestStatus::Completed);
+    assert_eq!(view.summary.requests, expected);
+    assert!(
+        s3_keys(&d.endpoint, &d.bucket, &format!("state/tests/{id}/")).is_empty(),
+        "a finished test is one document"
+    );
 }
 
 #[tokio::test]
