@@ -12,7 +12,8 @@
 #      against loadwave-target on 127.0.0.1: the orchestrator's CPU per report and RSS.
 #
 # Environment: BENCH_CONTROLLER_KAFKA_PORT (19592; its controller listener on +1),
-# BENCH_DRIVER_PROCESSES (4), BENCH_AGENTS (agents per process, 100), BENCH_SECONDS (30),
+# BENCH_DRIVER_PROCESSES (5), BENCH_AGENTS (agents per process, 200; a test takes
+# at most 1,000 drivers), BENCH_SECONDS (30),
 # BENCH_RATE (requests per second per driver, 2); BENCH_CONTROLLER_KAFKA=0 skips part 3.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -37,6 +38,6 @@ export KAFKA_CONTROLLER_PORT=$((KAFKA_PORT + 1))
 trap 'bash "$ROOT/scripts/kafka.sh" down' EXIT
 bash "$ROOT/scripts/kafka.sh" up
 bench kafka --brokers "127.0.0.1:$KAFKA_PORT" \
-  --processes "${BENCH_DRIVER_PROCESSES:-4}" --agents "${BENCH_AGENTS:-100}" \
+  --processes "${BENCH_DRIVER_PROCESSES:-5}" --agents "${BENCH_AGENTS:-200}" \
   --seconds "${BENCH_SECONDS:-30}" --rate "${BENCH_RATE:-2}" \
   --dir "$STATE_DIR/bench-controller-kafka"

@@ -513,6 +513,7 @@ async fn snapshots(flags: &Flags) {
     let mut chunk_sizes: BTreeMap<u32, usize> = BTreeMap::new();
     let (mut whole_bytes, mut writes) = (0usize, 0u64);
     let (mut doc_first, mut doc_last) = (0usize, 0usize);
+    let mut last_doc = Vec::new();
     let window = (seconds / 6).max(1);
     let began = Instant::now();
     for second in 0..seconds {
@@ -529,6 +530,7 @@ async fn snapshots(flags: &Flags) {
                 if second >= seconds - window {
                     doc_last = doc_last.max(snap.doc.len());
                 }
+                last_doc = snap.doc;
             }
         }
     }
@@ -547,6 +549,22 @@ async fn snapshots(flags: &Flags) {
         doc_first / 1000,
         window,
         doc_last / 1000
+    );
+    // What the last document is made of.
+    let doc: Value = serde_json::from_slice(&last_doc).unwrap_or(Value::Null);
+    let part = |key: &str| serde_json::to_vec(&doc[key]).map_or(0, |v| v.len()) / 1000;
+    println!(
+        "  the last document: {} kB, of it the drivers {} kB, the total {} kB, the tail \
+         ({} s) {} kB, the manifest ({} chunks) {} kB",
+        last_doc.len() / 1000,
+        part("drivers"),
+        part("total"),
+        doc["timeline"].as_object().map_or(0, |t| t.len()),
+        part("timeline"),
+        doc["timeline_chunks"]["chunks"]
+            .as_object()
+            .map_or(0, |c| c.len()),
+        part("timeline_chunks")
     );
     println!(
         "  whole rewrite every second (as before, same encoding): {} written, {:.1} kB/s ({:.0}× more); the last write {} kB",
@@ -627,8 +645,8 @@ const QUICK: Duration = Duration::from_millis(250);
 /// Part 3, over Kafka: see the module docs.
 fn kafka(flags: &Flags) {
     let brokers = flags.text("brokers").expect("--brokers HOST:PORT");
-    let processes: usize = flags.get("processes", 4);
-    let agents: usize = flags.get("agents", 100);
+    let processes: usize = flags.get("processes", 5);
+    let agents: usize = flags.get("agents", 200);
     let seconds: u64 = flags.get("seconds", 30);
     let rate: u64 = flags.get("rate", 2);
     let dir = flags
