@@ -158,6 +158,10 @@ pub(crate) struct DriverTrack {
     /// Open model: its latest cumulative send lag.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) send_lag: Option<SendLag>,
+    /// When its launcher said it was gone while the test ran (bus time); it is lost a
+    /// heartbeat timeout later unless its final report came first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gone_at_ms: Option<u64>,
     /// Bus-alive time when it was last heard from.
     seen_alive_ms: u64,
     /// What the launcher knows it by (an ECS task ARN), to stop or inspect it.
@@ -207,6 +211,7 @@ impl DriverTrack {
             peak_health: DriverHealth::default(),
             start_delay_us: None,
             send_lag: None,
+            gone_at_ms: None,
             seen_alive_ms: 0,
         }
     }
@@ -342,8 +347,10 @@ impl TestState {
     }
 
     /// The launcher says the driver known by `handle` is gone (its ECS task stopped) for
-    /// `reason`. One that had not finished its part is lost at once, the reason shown
-    /// beside it; its data so far is kept. Returns whether anything changed.
+    /// `reason`. Before the start it is lost at once; once the test runs, it is lost a
+    /// heartbeat timeout later unless its final report arrives first (a task exits as
+    /// soon as it has published it). Either way the reason is shown beside it and its
+    /// data so far is kept. Returns whether anything changed.
     pub fn driver_gone(&mut self, handle: &str, reason: &str) -> bool {
         if self.is_finished() {
             return false;
@@ -359,8 +366,19 @@ impl TestState {
             return false;
         }
         tracing::warn!(test_id = %self.id, driver = %d.id, %reason, "driver gone");
-        d.phase = DriverPhase::Lost;
+        let changed = d.note.as_deref() != Some(reason);
         d.note = Some(reason.to_string());
+        if self.status == TestStatus::Running {
+            // A task that ran to its end exits as soon as its final report is published,
+            // which may reach the controller after the launcher's news: it gets a
+            // heartbeat timeout's grace for its reports before it counts as lost.
+            if d.gone_at_ms.is_none() {
+                d.gone_at_ms = Some(self.clock_ms);
+                return true;
+            }
+            return changed;
+        }
+        d.phase = DriverPhase::Lost;
         true
     }
 
@@ -698,7 +716,10 @@ impl TestState {
                 }
                 let (timeout, alive) = (self.options.heartbeat_timeout_ms, self.alive_ms);
                 for d in &mut self.drivers {
-                    if !d.phase.is_terminal() && alive > d.seen_alive_ms + timeout {
+                    let gone = d
+                        .gone_at_ms
+                        .is_some_and(|at| now_ms.max(self.clock_ms) > at + timeout);
+                    if !d.phase.is_terminal() && (gone || alive > d.seen_alive_ms + timeout) {
                         tracing::warn!(test_id = %self.id, driver = %d.id, "driver lost");
                         d.phase = DriverPhase::Lost;
                     }
