@@ -605,6 +605,14 @@ async fn the_schedule_ticks_and_finds_stopped_tasks() {
     assert_eq!(o.ticks, 1);
     let (tick, _) = d.out.next_message().await.unwrap();
     assert!(matches!(tick, Message::Tick(_)), "{tick:?}");
+    // The test runs: the driver gets a heartbeat timeout's grace for a final report that
+    // may still be on its way, its task's stop reason already noted.
+    let view = d.api.view(&id).await.unwrap().unwrap();
+    assert_eq!(view.status, TestStatus::Running);
+    let gone = view.drivers.iter().find(|d| d.id == drivers[1]).unwrap();
+    assert!(gone.note.is_some(), "{gone:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(3_300)).await;
+    d.handle(schedule_event()).await;
     let view = d.api.view(&id).await.unwrap().unwrap();
     let lost = view.drivers.iter().find(|d| d.id == drivers[1]).unwrap();
     assert_eq!(lost.state, loadwave_core::DriverPhase::Lost);
