@@ -1,4 +1,8 @@
 //! Merged statistics: counts add, histograms merge, nothing is averaged.
+//!
+//! An aggregate of a test with a request mix also keeps one aggregate per request of the
+//! mix ([`Aggregate::add_split`]), so each request's percentiles come from its own merged
+//! histogram.
 
 use std::collections::BTreeMap;
 
@@ -22,7 +26,13 @@ pub struct Aggregate {
     sum_us: u128,
     min_us: Option<u64>,
     max_us: u64,
+    /// Time requests were in flight, µs (the second's achieved concurrency × 10⁶).
+    #[serde(default)]
+    pub busy_us: u64,
     histogram: LatencyHistogram,
+    /// Per request of the mix, by its position; empty without a mix.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_request: Vec<Aggregate>,
 }
 
 impl Aggregate {
@@ -36,6 +46,7 @@ impl Aggregate {
         self.requests += bucket.requests;
         self.errors += bucket.errors;
         self.late += bucket.late;
+        self.busy_us += bucket.busy_us;
         for (code, n) in &bucket.status_codes {
             *self.status_codes.entry(*code).or_default() += n;
         }
@@ -51,6 +62,29 @@ impl Aggregate {
             self.max_us = self.max_us.max(bucket.latency_max_us);
         }
         Ok(())
+    }
+
+    /// Adds one bucket to the totals and, when it is about one request of a mix, to that
+    /// request's own aggregate.
+    pub fn add_split(
+        &mut self,
+        bucket: &BucketStats,
+        histogram: &RecordedCounts,
+    ) -> Result<(), HistogramError> {
+        self.add(bucket, histogram)?;
+        if let Some(r) = bucket.request {
+            let r = r as usize;
+            if self.by_request.len() <= r {
+                self.by_request.resize_with(r + 1, Aggregate::default);
+            }
+            self.by_request[r].add(bucket, histogram)?;
+        }
+        Ok(())
+    }
+
+    /// The aggregate of request `r` of the mix (empty when none came).
+    pub fn request(&self, r: usize) -> Option<&Aggregate> {
+        self.by_request.get(r)
     }
 
     /// Responses received (requests that got an HTTP answer).
@@ -87,7 +121,13 @@ impl Aggregate {
     pub fn heap_bytes(&self) -> usize {
         // A B-tree entry of a small map: key, value and node overhead.
         const ENTRY: usize = 32;
-        self.histogram.heap_bytes() + ENTRY * (self.status_codes.len() + self.error_kinds.len())
+        self.histogram.heap_bytes()
+            + ENTRY * (self.status_codes.len() + self.error_kinds.len())
+            + self
+                .by_request
+                .iter()
+                .map(|a| a.heap_bytes() + std::mem::size_of::<Aggregate>())
+                .sum::<usize>()
     }
 }
 

@@ -122,7 +122,7 @@ pub struct TestListItem {
     pub status: TestStatus,
     /// `avalanche` or `tsunami`.
     pub test_type: String,
-    /// The target.
+    /// The target: its URL, or a mix's request names.
     pub target_url: String,
     /// Drivers asked for.
     pub drivers: u32,
@@ -150,7 +150,7 @@ impl TestListItem {
             name: spec.name.clone(),
             status: state.status(),
             test_type: spec.test_type.to_string(),
-            target_url: spec.target_url.clone(),
+            target_url: spec.target_label(),
             drivers: spec.drivers,
             created_at_ms: state.created_at_ms(),
             finished_at_ms: view.finished_at_ms,

@@ -32,5 +32,8 @@ pub use controller::{
 pub use limits::{Limits, OverLimit};
 pub use seqs::SeqSet;
 pub use snapshot::{CHUNK_SECONDS, ChunkWrite, SEAL_LAG_SECONDS, Snapshot, SnapshotError};
-pub use state::{Applied, DriverPhase, DriverSlot, TestOptions, TestState, TestStatus};
-pub use view::{Check, DriverView, SendLagMs, Summary, TestView, TimelinePoint, Verdict};
+pub use state::{Abort, Applied, DriverPhase, DriverSlot, TestOptions, TestState, TestStatus};
+pub use view::{
+    AbortView, Check, DriverView, RequestSummary, SendLagMs, Summary, TestView, TimelinePoint,
+    TimelineRequest, Verdict,
+};

@@ -6,7 +6,7 @@
 //! [`Limits::cloud_defaults`] (safe for a first deploy: a mistyped spec cannot start a
 //! thousand Fargate tasks); the local orchestrator from [`Limits::none`].
 
-use loadwave_proto::{TestSpec, TestType};
+use loadwave_proto::{Pacing, Profile, TestSpec};
 
 /// The caps; `None` is no cap.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -89,43 +89,76 @@ impl Limits {
             });
         }
         if let Some(max) = self.max_requests_per_driver
-            && spec.requests_per_driver > max
+            && let Some(n) = spec.requests_per_driver.filter(|n| *n > max)
         {
             return Err(OverLimit {
                 field: "requests_per_driver",
                 message: format!(
-                    "{} requests per driver asked, this deployment allows at most {max} (LOADWAVE_MAX_REQUESTS_PER_DRIVER)",
-                    spec.requests_per_driver
+                    "{n} requests per driver asked, this deployment allows at most {max} (LOADWAVE_MAX_REQUESTS_PER_DRIVER)"
                 ),
             });
         }
-        if spec.test_type == TestType::Tsunami
-            && let Some(delay_ms) = spec.delay_ms.filter(|d| *d > 0.0)
+        let profile = Profile::of(spec);
+        // The highest rate the plan asks for, over the whole test.
+        let peak_rps = match &profile.pacing {
+            Pacing::Delay { delay_s } => Some((
+                f64::from(spec.drivers) / delay_s,
+                "delay_ms",
+                format!("{} drivers every {} ms", spec.drivers, delay_s * 1_000.0),
+            )),
+            Pacing::Arrival(curve) => Some((
+                curve.max(),
+                if spec.stages.is_some() {
+                    "stages"
+                } else {
+                    "rate"
+                },
+                if spec.stages.is_some() {
+                    "the stages' highest target".to_string()
+                } else {
+                    "the rate".to_string()
+                },
+            )),
+            _ => None,
+        };
+        if let (Some(max), Some((rps, field, what))) = (self.max_rps, &peak_rps)
+            && *rps > max
         {
-            let rps = f64::from(spec.drivers) * 1_000.0 / delay_ms;
-            if let Some(max) = self.max_rps
-                && rps > max
-            {
-                return Err(OverLimit {
-                    field: "delay_ms",
-                    message: format!(
-                        "{} drivers every {delay_ms} ms is {rps:.0} requests per second, this deployment allows at most {max} (LOADWAVE_MAX_RPS)",
-                        spec.drivers
-                    ),
-                });
+            return Err(OverLimit {
+                field,
+                message: format!(
+                    "{what} is {rps:.0} requests per second, this deployment allows at most {max} (LOADWAVE_MAX_RPS)"
+                ),
+            });
+        }
+        // How long the plan runs, when the spec says (a closed-model test bound by a count
+        // alone is capped while it runs instead).
+        let planned_s = match (&profile.pacing, profile.duration_s) {
+            (_, Some(d)) => Some(d),
+            (Pacing::Delay { delay_s }, None) => {
+                spec.requests_per_driver.map(|n| n as f64 * delay_s)
             }
-            let schedule_s = spec.requests_per_driver as f64 * delay_ms / 1_000.0;
-            if let Some(max) = self.max_duration_s
-                && schedule_s > max as f64
-            {
-                return Err(OverLimit {
-                    field: "requests_per_driver",
-                    message: format!(
-                        "{} requests every {delay_ms} ms take {schedule_s:.0} s, this deployment allows at most {max} s (LOADWAVE_MAX_DURATION_S)",
-                        spec.requests_per_driver
-                    ),
-                });
-            }
+            (Pacing::Arrival(curve), None) => spec
+                .requests_per_driver
+                .map(|n| n as f64 * f64::from(spec.drivers) / curve.max().max(f64::MIN_POSITIVE)),
+            _ => None,
+        };
+        if let (Some(max), Some(planned)) = (self.max_duration_s, planned_s)
+            && planned > max as f64
+        {
+            let field = if spec.stages.is_some() {
+                "stages"
+            } else if spec.duration_s.is_some() {
+                "duration_s"
+            } else {
+                "requests_per_driver"
+            };
+            return Err(OverLimit {
+                field,
+                message: format!(
+                    "the test would run for {planned:.0} s, this deployment allows at most {max} s (LOADWAVE_MAX_DURATION_S)"
+                ),
+            });
         }
         Ok(())
     }
@@ -179,6 +212,44 @@ mod tests {
             assert!(err.message.contains(var), "{}", err.message);
         }
         assert_eq!(Limits::none().check(&spec(cases[0].0)), Ok(()));
+        let profiles = [
+            (
+                r#"{"target_url":"http://127.0.0.1/","test_type":"tsunami","rate":5001,"duration_s":10}"#,
+                "rate",
+                "LOADWAVE_MAX_RPS",
+            ),
+            (
+                r#"{"target_url":"http://127.0.0.1/","test_type":"tsunami","stages":[{"duration_s":10,"target":6000}]}"#,
+                "stages",
+                "LOADWAVE_MAX_RPS",
+            ),
+            (
+                r#"{"target_url":"http://127.0.0.1/","test_type":"avalanche","duration_s":901}"#,
+                "duration_s",
+                "LOADWAVE_MAX_DURATION_S",
+            ),
+            (
+                r#"{"target_url":"http://127.0.0.1/","test_type":"avalanche","stages":[{"duration_s":600,"target":5},{"duration_s":600,"target":0}]}"#,
+                "stages",
+                "LOADWAVE_MAX_DURATION_S",
+            ),
+            (
+                r#"{"target_url":"http://127.0.0.1/","test_type":"tsunami","rate":100,"requests_per_driver":100000}"#,
+                "requests_per_driver",
+                "LOADWAVE_MAX_DURATION_S",
+            ),
+        ];
+        for (json, field, var) in profiles {
+            let err = limits.check(&spec(json)).unwrap_err();
+            assert_eq!(err.field, field, "{json}");
+            assert!(err.message.contains(var), "{}", err.message);
+        }
+        assert_eq!(
+            limits.check(&spec(
+                r#"{"target_url":"http://127.0.0.1/","test_type":"tsunami","rate":100,"duration_s":600}"#
+            )),
+            Ok(())
+        );
         assert_eq!(limits.max_duration_ms(), Some(900_000));
     }
 }

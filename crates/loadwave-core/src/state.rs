@@ -172,6 +172,17 @@ pub(crate) struct DriverTrack {
     pub(crate) note: Option<String>,
 }
 
+/// An abort threshold that broke: the test was stopped because of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Abort {
+    /// The threshold as written.
+    pub threshold: String,
+    /// What was measured when it broke, in the metric's base unit.
+    pub actual: f64,
+    /// When, ms after the common start instant.
+    pub at_ms: u64,
+}
+
 /// A driver a launcher found or started for a test.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DriverSlot {
@@ -246,6 +257,12 @@ pub struct TestState {
     pub(crate) start_at_ms: Option<u64>,
     pub(crate) finished_at_ms: Option<u64>,
     pub(crate) stop_requested: bool,
+    /// The abort threshold that stopped the test, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) aborted: Option<Abort>,
+    /// When abort thresholds were last evaluated (once a second).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    abort_checked_ms: Option<u64>,
     /// When the last start or stop trigger went out: both are re-sent every
     /// `config_resend_ms` until every driver acted on them, so a lost trigger (or one that
     /// a crash kept from being published) cannot strand a test.
@@ -296,6 +313,8 @@ impl TestState {
             start_at_ms: None,
             finished_at_ms: None,
             stop_requested: false,
+            aborted: None,
+            abort_checked_ms: None,
             trigger_sent_ms: None,
             drivers: driver_ids
                 .into_iter()
@@ -533,6 +552,17 @@ impl TestState {
             return Applied::NeedsChunk(self.chunks.chunk_of(bucket.second));
         }
         // Decode everything before changing anything, so a bad report leaves no trace.
+        let mix = self.spec.requests.as_ref().map_or(0, Vec::len);
+        if let Some(r) = report
+            .buckets
+            .iter()
+            .filter_map(|b| b.request)
+            .find(|r| *r as usize >= mix)
+        {
+            return Applied::Rejected(format!(
+                "a bucket for request {r} of the mix, but the test's mix has {mix} requests"
+            ));
+        }
         let mut histograms = Vec::with_capacity(report.buckets.len());
         for bucket in &report.buckets {
             // Merged three times (driver, total, second): read once, as counts.
@@ -577,12 +607,12 @@ impl TestState {
             let merged = self.drivers[index]
                 .agg
                 .add(bucket, histogram)
-                .and_then(|_| self.total.add(bucket, histogram))
+                .and_then(|_| self.total.add_split(bucket, histogram))
                 .and_then(|_| {
                     self.timeline
                         .entry(bucket.second)
                         .or_default()
-                        .add(bucket, histogram)
+                        .add_split(bucket, histogram)
                 });
             if let Err(err) = merged {
                 tracing::error!(%err, "histogram merge failed");
@@ -615,6 +645,41 @@ impl TestState {
     fn finish(&mut self, status: TestStatus, now_ms: u64) {
         self.status = status;
         self.finished_at_ms = Some(now_ms);
+    }
+
+    /// The first abort threshold that breaks on the merged data so far, evaluated at most
+    /// once a second and only once the spec's grace has passed since the start.
+    fn check_abort(&mut self, now_ms: u64) -> Option<Abort> {
+        let start = self.start_at_ms?;
+        if self.stop_requested || !self.spec.thresholds.iter().any(|t| t.abort) {
+            return None;
+        }
+        let grace_ms = (self.spec.abort_grace_s() * 1_000.0) as u64;
+        if now_ms < start + grace_ms || self.abort_checked_ms.is_some_and(|t| now_ms < t + 1_000) {
+            return None;
+        }
+        let elapsed_s = (now_ms - start) as f64 / 1_000.0;
+        let mut measured = false;
+        let broken = self
+            .spec
+            .thresholds
+            .iter()
+            .filter(|t| t.abort)
+            .find_map(|t| {
+                let agg = self.threshold_data(t)?;
+                let actual = crate::view::measure(t.metric, agg, elapsed_s)?;
+                measured = true;
+                (!t.op.holds(actual, t.limit)).then(|| Abort {
+                    threshold: t.to_string(),
+                    actual,
+                    at_ms: now_ms - start,
+                })
+            });
+        // Nothing to judge yet (no report in): look again at the next poll, not a second on.
+        if measured {
+            self.abort_checked_ms = Some(now_ms);
+        }
+        broken
     }
 
     /// Moves the test on at time `now_ms`: (re)sends configurations, triggers once every
@@ -685,6 +750,13 @@ impl TestState {
                         "stopped after the maximum duration of {} s (LOADWAVE_MAX_DURATION_S)",
                         max / 1_000
                     ));
+                    self.stop_requested = true;
+                    self.trigger_sent_ms = Some(now_ms);
+                    out.push(self.trigger(TriggerAction::Stop));
+                }
+                if let Some(abort) = self.check_abort(now_ms) {
+                    tracing::info!(test_id = %self.id, threshold = %abort.threshold, actual = abort.actual, "abort threshold broke; stopping the test");
+                    self.aborted = Some(abort);
                     self.stop_requested = true;
                     self.trigger_sent_ms = Some(now_ms);
                     out.push(self.trigger(TriggerAction::Stop));

@@ -5,11 +5,11 @@
 
 use std::collections::BTreeMap;
 
-use loadwave_proto::threshold::Metric;
-use loadwave_proto::{DriverHealth, SendLag, TestSpec};
+use loadwave_proto::threshold::{Metric, Threshold};
+use loadwave_proto::{DriverHealth, Profile, SendLag, TestSpec};
 use serde::{Deserialize, Serialize};
 
-use crate::aggregate::{Latency, round3};
+use crate::aggregate::{Aggregate, Latency, round3};
 use crate::state::{DriverPhase, TestState, TestStatus};
 
 /// A test as users see it.
@@ -42,6 +42,22 @@ pub struct TestView {
     /// Things that make the numbers less trustworthy (a saturated driver, say).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// The abort threshold that stopped the test, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aborted: Option<AbortView>,
+}
+
+/// An abort threshold that broke and stopped the test.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AbortView {
+    /// The threshold as written.
+    pub threshold: String,
+    /// What was measured when it broke, in the metric's base unit (ms, fraction, count,
+    /// rps).
+    pub actual: f64,
+    /// When, seconds after the common start instant.
+    pub at_s: f64,
 }
 
 /// One driver's part.
@@ -56,10 +72,14 @@ pub struct DriverView {
     pub requests: u64,
     /// Errors reported.
     pub errors: u64,
-    /// Requests the spec asked of it.
-    pub expected_requests: u64,
+    /// Requests the spec plans for it; `null` when only time bounds a closed-model test.
+    pub expected_requests: Option<u64>,
     /// Requests it did not report: work lost with a lost driver, or left by a stop.
     pub missing_requests: u64,
+    /// Time-bound tests without a known request count: the seconds of the plan it did
+    /// not run (lost or stopped early).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing_s: Option<f64>,
     /// Reports folded.
     pub reports: u64,
     /// Reports numbered before its final one that never arrived.
@@ -90,8 +110,9 @@ pub struct DriverView {
 pub struct Summary {
     /// Requests completed, each counted once.
     pub requests: u64,
-    /// `drivers × requests_per_driver`.
-    pub expected_requests: u64,
+    /// What the spec plans (`drivers × requests_per_driver`, or the open model's
+    /// schedule); `null` when only time bounds a closed-model test.
+    pub expected_requests: Option<u64>,
     /// Requests that got an HTTP response (of any status).
     pub responses: u64,
     /// Transport errors plus responses with status ≥ 400.
@@ -116,6 +137,39 @@ pub struct Summary {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub send_lag_ms: Option<SendLagMs>,
     /// Response times of every response, ms.
+    pub latency_ms: Latency,
+    /// With a request mix: each request's own figures, in the mix's order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_request: Vec<RequestSummary>,
+}
+
+/// One request of a mix, on its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RequestSummary {
+    /// Its name.
+    pub name: String,
+    /// Its method.
+    pub method: String,
+    /// Its URL.
+    pub url: String,
+    /// Its weight in the mix.
+    pub weight: f64,
+    /// Requests completed.
+    pub requests: u64,
+    /// Responses received (of any status).
+    pub responses: u64,
+    /// Transport errors plus responses with status ≥ 400.
+    pub errors: u64,
+    /// `errors / requests`.
+    pub error_rate: f64,
+    /// Responses by status code.
+    pub status_codes: BTreeMap<String, u64>,
+    /// Transport errors by kind.
+    pub error_kinds: BTreeMap<String, u64>,
+    /// `requests / duration_s` of the test.
+    pub rps: f64,
+    /// Its response times, ms, from its own merged histogram.
     pub latency_ms: Latency,
 }
 
@@ -164,6 +218,36 @@ pub struct TimelinePoint {
     pub p99_ms: f64,
     /// Slowest, ms.
     pub max_ms: f64,
+    /// Requests in flight on average during the second (time in flight of the requests
+    /// completed in it, over one second), all drivers together: the achieved concurrency.
+    #[serde(default)]
+    pub concurrency: f64,
+    /// Open model: the requests the plan had due in that second, all drivers together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_requests: Option<u64>,
+    /// Closed model: the concurrency the plan asked for in that second (its mean), all
+    /// drivers together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_concurrency: Option<f64>,
+    /// With a request mix: each request's figures in that second.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_request: Vec<TimelineRequest>,
+}
+
+/// One request of a mix in one second.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TimelineRequest {
+    /// Its name.
+    pub name: String,
+    /// Requests completed in that second.
+    pub requests: u64,
+    /// Errors in that second.
+    pub errors: u64,
+    /// Median, ms.
+    pub p50_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
 }
 
 /// The outcome of the thresholds and of the test's completeness.
@@ -190,36 +274,94 @@ pub struct Check {
     pub passed: bool,
 }
 
+/// A metric of `agg` in its base unit, or `None` when nothing was measured for it
+/// (a latency without responses, an error rate without requests).
+pub(crate) fn measure(metric: Metric, agg: &Aggregate, duration_s: f64) -> Option<f64> {
+    if metric.is_latency() && agg.responses() == 0 {
+        return None;
+    }
+    let l = agg.latency();
+    Some(match metric {
+        Metric::Min => l.min,
+        Metric::Mean => l.mean,
+        Metric::P50 => l.p50,
+        Metric::P90 => l.p90,
+        Metric::P95 => l.p95,
+        Metric::P99 => l.p99,
+        Metric::P999 => l.p999,
+        Metric::Max => l.max,
+        Metric::ErrorRate if agg.requests == 0 => return None,
+        Metric::ErrorRate => round6(agg.errors as f64 / agg.requests as f64),
+        Metric::Rps if duration_s <= 0.0 => return None,
+        Metric::Rps => round3(agg.requests as f64 / duration_s),
+        Metric::Requests => agg.requests as f64,
+        Metric::Errors => agg.errors as f64,
+    })
+}
+
+/// A measured value for a sentence, in the unit its metric speaks.
+fn describe(metric: Metric, value: f64) -> String {
+    match metric {
+        Metric::ErrorRate => format!("{:.2}%", value * 100.0),
+        Metric::Rps => format!("{value:.1} rps"),
+        Metric::Requests | Metric::Errors => format!("{value:.0}"),
+        _ => format!("{value:.2} ms"),
+    }
+}
+
+fn code_counts(agg: &Aggregate) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+    (
+        agg.status_codes
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect(),
+        agg.error_kinds
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), *v))
+            .collect(),
+    )
+}
+
 impl TestState {
     /// The state as users see it.
     pub fn view(&self) -> TestView {
-        let summary = self.summary();
+        let profile = Profile::of(&self.spec);
+        let summary = self.summary(&profile);
+        let duration = profile.duration_s;
         let drivers: Vec<DriverView> = self
             .drivers
             .iter()
-            .map(|d| DriverView {
-                id: d.id.clone(),
-                state: d.phase,
-                requests: d.agg.requests,
-                errors: d.agg.errors,
-                expected_requests: self.spec.requests_per_driver,
-                missing_requests: if d.phase == DriverPhase::Completed {
-                    0
-                } else if self.status.is_finished() {
-                    self.spec.requests_per_driver.saturating_sub(d.agg.requests)
-                } else {
-                    0
-                },
-                reports: d.seqs.len(),
-                missing_reports: d.missing_reports(),
-                elapsed_ms: d.elapsed_ms,
-                start_delay_ms: d.start_delay_us.map(|us| us as f64 / 1000.0),
-                send_lag_ms: d.send_lag.as_ref().map(SendLagMs::of),
-                latency_ms: d.agg.latency(),
-                health: d.health.clone(),
-                saturated: d.peak_health.saturated,
-                last_seen_ms: d.last_seen_ms,
-                note: d.note.clone(),
+            .enumerate()
+            .map(|(i, d)| {
+                let expected = profile.planned_requests(i as u32);
+                let short = d.phase != DriverPhase::Completed && self.status.is_finished();
+                DriverView {
+                    id: d.id.clone(),
+                    state: d.phase,
+                    requests: d.agg.requests,
+                    errors: d.agg.errors,
+                    expected_requests: expected,
+                    missing_requests: match expected {
+                        Some(e) if short => e.saturating_sub(d.agg.requests),
+                        _ => 0,
+                    },
+                    missing_s: match (expected, duration) {
+                        (None, Some(total)) if short => {
+                            Some(round3((total - d.elapsed_ms as f64 / 1_000.0).max(0.0)))
+                        }
+                        _ => None,
+                    },
+                    reports: d.seqs.len(),
+                    missing_reports: d.missing_reports(),
+                    elapsed_ms: d.elapsed_ms,
+                    start_delay_ms: d.start_delay_us.map(|us| us as f64 / 1000.0),
+                    send_lag_ms: d.send_lag.as_ref().map(SendLagMs::of),
+                    latency_ms: d.agg.latency(),
+                    health: d.health.clone(),
+                    saturated: d.peak_health.saturated,
+                    last_seen_ms: d.last_seen_ms,
+                    note: d.note.clone(),
+                }
             })
             .collect();
         let mut warnings = Vec::new();
@@ -236,6 +378,15 @@ impl TestState {
                     d.id, lag.p99, lag.max
                 ));
             }
+        }
+        if profile.is_open() && summary.requests > 0 && summary.late * 100 >= summary.requests {
+            warnings.push(format!(
+                "{} of {} requests ({:.1}%) found all {} connections of their driver busy at their due time and went out late: the target answered too slowly for the plan (the delay is in the latencies); a higher concurrency keeps the schedule",
+                summary.late,
+                summary.requests,
+                100.0 * summary.late as f64 / summary.requests as f64,
+                self.spec.concurrency()
+            ));
         }
         if self.duplicates > 0 {
             warnings.push(format!(
@@ -256,29 +407,76 @@ impl TestState {
             start_at_ms: self.start_at_ms,
             finished_at_ms: self.finished_at_ms,
             drivers,
-            timeline: self
-                .timeline
-                .iter()
-                .map(|(second, agg)| {
-                    let l = agg.latency();
-                    TimelinePoint {
-                        second: *second,
-                        requests: agg.requests,
-                        errors: agg.errors,
-                        p50_ms: l.p50,
-                        p90_ms: l.p90,
-                        p99_ms: l.p99,
-                        max_ms: l.max,
-                    }
-                })
-                .collect(),
+            timeline: self.timeline_points(&profile),
             summary,
             verdict,
             warnings,
+            aborted: self.aborted.as_ref().map(|a| AbortView {
+                threshold: a.threshold.clone(),
+                actual: a.actual,
+                at_s: a.at_ms as f64 / 1_000.0,
+            }),
         }
     }
 
-    fn summary(&self) -> Summary {
+    /// Every second from the start to the latest one with data (seconds without any
+    /// completion show as zeros beside what was planned, so a stalled target is seen).
+    fn timeline_points(&self, profile: &Profile) -> Vec<TimelinePoint> {
+        let (Some(&first), Some(&last)) = (
+            self.timeline.keys().next(),
+            self.timeline.keys().next_back(),
+        ) else {
+            return Vec::new();
+        };
+        // A state read without its sealed chunks holds only the tail: no gaps are made up
+        // for the seconds that are not in memory.
+        let first = if self.is_complete() { 0 } else { first };
+        let names: Vec<String> = if self.spec.is_mix() {
+            self.spec
+                .request_list()
+                .into_iter()
+                .map(|r| r.name)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let empty = Aggregate::default();
+        (first..=last)
+            .map(|second| {
+                let agg = self.timeline.get(&second).unwrap_or(&empty);
+                let l = agg.latency();
+                TimelinePoint {
+                    second,
+                    requests: agg.requests,
+                    errors: agg.errors,
+                    p50_ms: l.p50,
+                    p90_ms: l.p90,
+                    p99_ms: l.p99,
+                    max_ms: l.max,
+                    concurrency: round3(agg.busy_us as f64 / 1e6),
+                    planned_requests: profile.planned_in_second(second),
+                    planned_concurrency: profile.planned_concurrency(second).map(round3),
+                    by_request: names
+                        .iter()
+                        .enumerate()
+                        .map(|(i, name)| {
+                            let a = agg.request(i).unwrap_or(&empty);
+                            let l = a.latency();
+                            TimelineRequest {
+                                name: name.clone(),
+                                requests: a.requests,
+                                errors: a.errors,
+                                p50_ms: l.p50,
+                                p99_ms: l.p99,
+                            }
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
+    fn summary(&self, profile: &Profile) -> Summary {
         let t = &self.total;
         let delays: Vec<u64> = self
             .drivers
@@ -295,9 +493,49 @@ impl TestState {
         } else {
             0.0
         };
+        let rate = |requests: u64| {
+            if duration_s > 0.0 {
+                round3(requests as f64 / duration_s)
+            } else {
+                0.0
+            }
+        };
+        let (status_codes, error_kinds) = code_counts(t);
+        let by_request = if self.spec.is_mix() {
+            let empty = Aggregate::default();
+            self.spec
+                .request_list()
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let a = t.request(i).unwrap_or(&empty);
+                    let (status_codes, error_kinds) = code_counts(a);
+                    RequestSummary {
+                        name: r.name,
+                        method: r.method,
+                        url: r.url,
+                        weight: r.weight,
+                        requests: a.requests,
+                        responses: a.responses(),
+                        errors: a.errors,
+                        error_rate: if a.requests == 0 {
+                            0.0
+                        } else {
+                            round6(a.errors as f64 / a.requests as f64)
+                        },
+                        status_codes,
+                        error_kinds,
+                        rps: rate(a.requests),
+                        latency_ms: a.latency(),
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Summary {
             requests: t.requests,
-            expected_requests: self.spec.total_requests(),
+            expected_requests: profile.planned_total(),
             responses: t.responses(),
             errors: t.errors,
             error_rate: if t.requests == 0 {
@@ -305,23 +543,11 @@ impl TestState {
             } else {
                 round6(t.errors as f64 / t.requests as f64)
             },
-            status_codes: t
-                .status_codes
-                .iter()
-                .map(|(k, v)| (k.to_string(), *v))
-                .collect(),
-            error_kinds: t
-                .error_kinds
-                .iter()
-                .map(|(k, v)| (k.as_str().to_string(), *v))
-                .collect(),
+            status_codes,
+            error_kinds,
             late: t.late,
             duration_s,
-            rps: if duration_s > 0.0 {
-                round3(t.requests as f64 / duration_s)
-            } else {
-                0.0
-            },
+            rps: rate(t.requests),
             start_skew_ms,
             send_lag_ms: self
                 .drivers
@@ -333,46 +559,65 @@ impl TestState {
                     max: a.max.max(b.max),
                 }),
             latency_ms: t.latency(),
+            by_request,
+        }
+    }
+
+    /// The merged data a threshold is judged on: the test's, or its request's (`None`
+    /// while that request has no data yet).
+    pub(crate) fn threshold_data(&self, t: &Threshold) -> Option<&Aggregate> {
+        match &t.request {
+            None => Some(&self.total),
+            Some(name) => self
+                .spec
+                .requests
+                .as_ref()?
+                .iter()
+                .position(|r| r.name == *name)
+                .and_then(|i| self.total.request(i)),
         }
     }
 
     fn verdict(&self, summary: &Summary, drivers: &[DriverView]) -> Verdict {
+        let empty = Aggregate::default();
         let checks: Vec<Check> = self
             .spec
             .thresholds
             .iter()
             .map(|t| {
-                let l = &summary.latency_ms;
-                let actual = match t.metric {
-                    Metric::Min => l.min,
-                    Metric::Mean => l.mean,
-                    Metric::P50 => l.p50,
-                    Metric::P90 => l.p90,
-                    Metric::P95 => l.p95,
-                    Metric::P99 => l.p99,
-                    Metric::P999 => l.p999,
-                    Metric::Max => l.max,
-                    Metric::ErrorRate => summary.error_rate,
-                    Metric::Rps => summary.rps,
-                    Metric::Requests => summary.requests as f64,
-                    Metric::Errors => summary.errors as f64,
-                };
-                // A latency threshold over zero responses cannot be said to hold.
-                let measurable = !t.metric.is_latency() || summary.responses > 0;
+                let agg = self.threshold_data(t).unwrap_or(&empty);
+                // A threshold over nothing measured cannot be said to hold.
+                let measured = measure(t.metric, agg, summary.duration_s);
                 Check {
                     threshold: t.to_string(),
-                    actual,
-                    passed: measurable && t.op.holds(actual, t.limit),
+                    actual: measured.unwrap_or(0.0),
+                    passed: measured.is_some_and(|v| t.op.holds(v, t.limit)),
                 }
             })
             .collect();
         let mut reasons = Vec::new();
-        match self.status {
-            TestStatus::Failed => reasons.push(format!(
+        match (self.status, &self.aborted) {
+            (TestStatus::Failed, _) => reasons.push(format!(
                 "the test failed: {}",
                 self.error.as_deref().unwrap_or("unknown error")
             )),
-            TestStatus::Stopped => reasons.push("the test was stopped before it finished".into()),
+            (TestStatus::Stopped, Some(a)) => {
+                let metric = self
+                    .spec
+                    .thresholds
+                    .iter()
+                    .find(|t| t.as_str() == a.threshold)
+                    .map_or(Metric::Requests, |t| t.metric);
+                reasons.push(format!(
+                    "aborted {:.1} s in: `{}` broke (measured {})",
+                    a.at_ms as f64 / 1_000.0,
+                    a.threshold,
+                    describe(metric, a.actual)
+                ));
+            }
+            (TestStatus::Stopped, None) => {
+                reasons.push("the test was stopped before it finished".into())
+            }
             _ => {}
         }
         for d in drivers.iter().filter(|d| d.state == DriverPhase::Lost) {
@@ -381,10 +626,17 @@ impl TestState {
                 .as_deref()
                 .map(|n| format!(" ({n})"))
                 .unwrap_or_default();
-            reasons.push(format!(
-                "driver {} was lost{why}: {} of its {} requests are missing",
-                d.id, d.missing_requests, d.expected_requests
-            ));
+            match (d.expected_requests, d.missing_s) {
+                (Some(expected), _) => reasons.push(format!(
+                    "driver {} was lost{why}: {} of its {} requests are missing",
+                    d.id, d.missing_requests, expected
+                )),
+                (None, Some(s)) => reasons.push(format!(
+                    "driver {} was lost{why}: the last {s:.1} s of its load are missing",
+                    d.id
+                )),
+                (None, None) => reasons.push(format!("driver {} was lost{why}", d.id)),
+            }
         }
         for d in drivers.iter().filter(|d| d.missing_reports > 0) {
             reasons.push(format!(

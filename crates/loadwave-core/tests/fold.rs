@@ -65,6 +65,8 @@ fn report(
                 latency_sum_us: lat.iter().sum(),
                 latency_min_us: lat.iter().copied().min().unwrap_or(0),
                 latency_max_us: lat.iter().copied().max().unwrap_or(0),
+                busy_us: lat.iter().sum(),
+                request: None,
                 histogram: h.to_base64().unwrap(),
             }
         })

@@ -277,7 +277,7 @@ async fn execute(
         send_lag: None,
         shutdown: shutdown.clone(),
     };
-    let plan = match Plan::from_spec(&cfg.spec).await {
+    let plan = match Plan::from_spec(&cfg.spec, cfg.driver_index).await {
         Ok(plan) => plan,
         Err(err) => {
             tracing::error!(%err, test_id = %cfg.test_id, "cannot run test");

@@ -6,6 +6,10 @@
 //! is read into the connection's own buffer and framed by [`crate::http1`], its body
 //! counted and dropped. A request costs a write, a read and one wake-up, as in wrk.
 //!
+//! A test with a request mix builds one [`Target`] per request ([`Targets`]); a worker
+//! keeps one connection per endpoint (scheme, host and port), so requests to the same
+//! host share a connection and a mix over several hosts still reuses each.
+//!
 //! A keep-alive connection the server closed while it was idle is noticed only when it is
 //! next used: a request that got nothing back on a reused connection (no byte of a
 //! response) is sent once more on a new one, as browsers and Go's client do, and counts
@@ -18,7 +22,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use loadwave_proto::{ErrorKind, TargetUrl, TestSpec, forbidden_address, parse_target_url};
+use loadwave_proto::{
+    ErrorKind, ResolvedRequest, TargetUrl, TestSpec, forbidden_address, parse_target_url,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,7 +51,7 @@ pub struct Target {
 }
 
 impl Target {
-    /// Prepares the request of `spec` and resolves the target host once.
+    /// Prepares the (first) request of `spec` and resolves its host once.
     ///
     /// A host that does not resolve is not an error here: every request then counts as a
     /// `connect` error, which is what the user needs to see.
@@ -60,24 +66,38 @@ impl Target {
         spec: &TestSpec,
         ca_file: Option<&std::path::Path>,
     ) -> Result<Target, EngineError> {
-        let url = parse_target_url(&spec.target_url).map_err(EngineError::Spec)?;
-        let method = http::Method::from_bytes(spec.method.as_bytes())
-            .map_err(|_| EngineError::Invalid(format!("method `{}`", spec.method)))?;
+        let first = spec
+            .request_list()
+            .into_iter()
+            .next()
+            .ok_or_else(|| EngineError::Invalid("request: the spec has none".into()))?;
+        Target::for_request(&first, spec.timeout_ms, ca_file).await
+    }
+
+    /// Prepares one request of a test: its bytes, its TLS setup, its resolved host.
+    pub async fn for_request(
+        req: &ResolvedRequest,
+        timeout_ms: u64,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Target, EngineError> {
+        let url = parse_target_url(&req.url).map_err(EngineError::Spec)?;
+        let method = http::Method::from_bytes(req.method.as_bytes())
+            .map_err(|_| EngineError::Invalid(format!("method `{}`", req.method)))?;
         let _: http::Uri = url
             .path_and_query
             .parse()
             .map_err(|_| EngineError::Invalid(format!("path `{}`", url.path_and_query)))?;
         http::HeaderValue::from_str(&url.authority)
             .map_err(|_| EngineError::Invalid(format!("host `{}`", url.authority)))?;
-        let mut headers = Vec::with_capacity(spec.headers.len());
-        for (name, value) in &spec.headers {
+        let mut headers = Vec::with_capacity(req.headers.len());
+        for (name, value) in &req.headers {
             http::HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| EngineError::Invalid(format!("header name `{name}`")))?;
             http::HeaderValue::from_str(value)
                 .map_err(|_| EngineError::Invalid(format!("header value of `{name}`")))?;
             headers.push((name.clone(), value.clone()));
         }
-        let body = spec.body.as_deref().unwrap_or_default().as_bytes();
+        let body = req.body.as_deref().unwrap_or_default().as_bytes();
         let (request, closes) = http1::encode_request(
             method.as_str(),
             &url.path_and_query,
@@ -137,9 +157,14 @@ impl Target {
             request,
             head_request: method == http::Method::HEAD,
             closes,
-            timeout: Duration::from_millis(spec.timeout_ms),
+            timeout: Duration::from_millis(timeout_ms),
             tls,
         })
+    }
+
+    /// Where its connections go: requests with the same endpoint share one.
+    fn endpoint(&self) -> (bool, &str, u16) {
+        (self.url.tls, self.url.host.as_str(), self.url.port)
     }
 
     /// The per-request timeout.
@@ -174,6 +199,186 @@ impl Target {
             }
         }
     }
+}
+
+/// Every request of a test, built once per driver, and the mix that picks among them.
+#[derive(Debug)]
+pub struct Targets {
+    list: Vec<Target>,
+    /// Per request, the connection slot (endpoint) it goes through.
+    endpoint: Vec<usize>,
+    endpoints: usize,
+    /// The mix as a cycle: the driver's request `k` is `order[k % order.len()]`. A smooth
+    /// weighted round-robin, so a 3:1 mix is exactly 3:1 over every four requests and its
+    /// requests interleave rather than come in runs.
+    order: Vec<u16>,
+    mixed: bool,
+}
+
+/// The largest cycle a mix's weights are scaled to.
+const MIX_CYCLE: f64 = 1_000.0;
+
+impl Targets {
+    /// Builds every request of `spec`; `SSL_CERT_FILE`, when set, is trusted for https.
+    pub async fn new(spec: &TestSpec) -> Result<Targets, EngineError> {
+        let ca_file = std::env::var_os("SSL_CERT_FILE").map(std::path::PathBuf::from);
+        let requests = spec.request_list();
+        let mut list = Vec::with_capacity(requests.len());
+        for req in &requests {
+            list.push(Target::for_request(req, spec.timeout_ms, ca_file.as_deref()).await?);
+        }
+        let weights: Vec<f64> = requests.iter().map(|r| r.weight).collect();
+        Ok(Targets::assemble(list, &weights, spec.is_mix()))
+    }
+
+    /// One request, no mix.
+    pub fn single(target: Target) -> Targets {
+        Targets::assemble(vec![target], &[1.0], false)
+    }
+
+    /// Requests with weights, reported one by one (a mix).
+    pub fn mix(list: Vec<(Target, f64)>) -> Targets {
+        let weights: Vec<f64> = list.iter().map(|(_, w)| *w).collect();
+        Targets::assemble(list.into_iter().map(|(t, _)| t).collect(), &weights, true)
+    }
+
+    fn assemble(list: Vec<Target>, weights: &[f64], mixed: bool) -> Targets {
+        let mut endpoint = Vec::with_capacity(list.len());
+        let mut seen: Vec<(bool, &str, u16)> = Vec::new();
+        for t in &list {
+            let e = t.endpoint();
+            match seen.iter().position(|s| *s == e) {
+                Some(i) => endpoint.push(i),
+                None => {
+                    endpoint.push(seen.len());
+                    seen.push(e);
+                }
+            }
+        }
+        let endpoints = seen.len();
+        Targets {
+            order: mix_order(weights),
+            list,
+            endpoint,
+            endpoints,
+            mixed,
+        }
+    }
+
+    /// Which request the driver's request number `k` is.
+    #[inline]
+    pub fn pick(&self, k: u64) -> usize {
+        if self.order.len() == 1 {
+            usize::from(self.order[0])
+        } else {
+            usize::from(self.order[(k % self.order.len() as u64) as usize])
+        }
+    }
+
+    /// Request `i`.
+    #[inline]
+    pub fn get(&self, i: usize) -> &Target {
+        &self.list[i]
+    }
+
+    /// The connection slot request `i` goes through.
+    #[inline]
+    pub fn endpoint_of(&self, i: usize) -> usize {
+        self.endpoint[i]
+    }
+
+    /// How many distinct endpoints the requests go to.
+    pub fn endpoints(&self) -> usize {
+        self.endpoints
+    }
+
+    /// A request of each endpoint, in slot order (to open connections ahead of time).
+    pub fn endpoint_targets(&self) -> Vec<&Target> {
+        (0..self.endpoints)
+            .map(|e| {
+                let i = self
+                    .endpoint
+                    .iter()
+                    .position(|x| *x == e)
+                    .expect("every slot has a request");
+                &self.list[i]
+            })
+            .collect()
+    }
+
+    /// How many requests there are.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Whether there are none (never, for a validated spec).
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// Whether the requests are reported one by one.
+    pub fn is_mix(&self) -> bool {
+        self.mixed
+    }
+
+    /// The per-request timeout (the same for every request of a test).
+    pub fn timeout(&self) -> Duration {
+        self.list
+            .first()
+            .map_or(Duration::from_secs(30), |t| t.timeout)
+    }
+}
+
+/// The mix's cycle of request indices from their weights: integer weights as they are
+/// (reduced by their common divisor) when the cycle stays short, else scaled to a cycle
+/// of about [`MIX_CYCLE`] with every positive weight keeping at least one slot.
+fn mix_order(weights: &[f64]) -> Vec<u16> {
+    if weights.len() <= 1 {
+        return vec![0];
+    }
+    let integral =
+        weights.iter().all(|w| w.fract() == 0.0) && weights.iter().sum::<f64>() <= 10_000.0;
+    let mut w: Vec<u64> = if integral {
+        weights.iter().map(|w| *w as u64).collect()
+    } else {
+        let sum: f64 = weights.iter().sum();
+        weights
+            .iter()
+            .map(|&x| {
+                if x > 0.0 {
+                    ((x / sum) * MIX_CYCLE).round().max(1.0) as u64
+                } else {
+                    0
+                }
+            })
+            .collect()
+    };
+    let g = w.iter().copied().filter(|x| *x > 0).fold(0, gcd);
+    if g > 1 {
+        for x in &mut w {
+            *x /= g;
+        }
+    }
+    let total: u64 = w.iter().sum();
+    let mut current = vec![0i64; w.len()];
+    let mut order = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        for (c, x) in current.iter_mut().zip(&w) {
+            *c += *x as i64;
+        }
+        let (best, _) = current
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(&a.0)))
+            .expect("a mix has requests");
+        current[best] -= total as i64;
+        order.push(best as u16);
+    }
+    order
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 /// A connection's transport.
@@ -237,7 +442,9 @@ impl Connection {
         Connection {
             stream: None,
             reused: false,
-            buf: vec![0; BUFFER],
+            // Allocated when first opened: a worker holds one connection per endpoint of
+            // a mix, and one a ramp never needs costs nothing.
+            buf: Vec::new(),
             start: 0,
             end: 0,
             reader: ResponseReader::new(target.head_request),
@@ -256,6 +463,9 @@ impl Connection {
     }
 
     fn open(&mut self, stream: Stream) {
+        if self.buf.is_empty() {
+            self.buf = vec![0; BUFFER];
+        }
         self.stream = Some(stream);
         self.reused = false;
         self.start = 0;
@@ -266,6 +476,13 @@ impl Connection {
         self.stream = None;
         self.start = 0;
         self.end = 0;
+    }
+
+    /// Closes the connection (a worker retired by a ramp down); the next request opens
+    /// a new one.
+    pub fn disconnect(&mut self) {
+        self.close();
+        self.in_flight = false;
     }
 
     /// Sends the target's request and reads the whole response. No timeout of its own:
@@ -299,7 +516,7 @@ impl Connection {
                 }
                 return Outcome::Error(classify(&err));
             }
-            self.reader.reset();
+            self.reader.reset_for(target.head_request);
             match self.read_response().await {
                 Ok(head) => {
                     if head.keep_alive && !target.closes {
@@ -446,5 +663,37 @@ impl std::fmt::Debug for Target {
             .field("port", &self.url.port)
             .field("addrs", &self.addrs)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(order: &[u16], n: usize) -> Vec<usize> {
+        (0..n)
+            .map(|i| order.iter().filter(|x| usize::from(**x) == i).count())
+            .collect()
+    }
+
+    #[test]
+    fn mixes_follow_their_weights_and_interleave() {
+        let order = mix_order(&[3.0, 1.0]);
+        assert_eq!(order.len(), 4);
+        assert_eq!(counts(&order, 2), vec![3, 1]);
+        // Equal shares alternate rather than come in runs.
+        assert_eq!(mix_order(&[2.0, 2.0]), vec![0, 1]);
+        assert_eq!(mix_order(&[2.0, 3.0]), vec![1, 0, 1, 0, 1]);
+        let order = mix_order(&[30.0, 10.0, 0.0]);
+        assert_eq!(counts(&order, 3), vec![3, 1, 0]);
+        let order = mix_order(&[0.7, 0.2, 0.1]);
+        assert_eq!(counts(&order, 3), vec![7, 2, 1]);
+        let order = mix_order(&[1.0, 0.001]);
+        let c = counts(&order, 2);
+        assert!(c[1] >= 1 && c[0] > 900, "{c:?}");
+        // Smooth: no request waits for more than its share of the cycle.
+        let order = mix_order(&[1.0, 1.0, 1.0]);
+        assert_eq!(order, vec![0, 1, 2]);
+        assert_eq!(mix_order(&[5.0]), vec![0]);
     }
 }

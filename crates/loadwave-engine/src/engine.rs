@@ -1,36 +1,45 @@
-//! Running one driver's share of a test: `concurrency` workers, each with its own
-//! connection and recorder, taking request numbers from one atomic counter.
+//! Running one driver's share of a test: workers, each with its own connections and
+//! recorder, taking request numbers from one atomic counter.
 //!
 //! - Avalanche (closed model): a worker sends its next request as soon as its previous
-//!   one completed; latency is measured from the send.
-//! - Tsunami (open model): request *k* is due at `start + k·delay`. The worker that takes
-//!   *k* sleeps until the due time if it is early; if every worker was busy and *k* is
-//!   taken after its due time, it is sent at once and counted late (when it waited more
-//!   than a millisecond for its connection). Either way latency is
+//!   one completed; latency is measured from the send. With a duration, workers stop
+//!   taking requests once it has passed.
+//! - Ramping Avalanche (closed model with stages): worker *w* sends while the driver's
+//!   planned concurrency is above `w + ½`; below it, the worker finishes its request,
+//!   closes its connection and waits until the plan needs it again. Connections are
+//!   added and retired one at a time as the plan moves.
+//! - Tsunami (open model): request *k* is due at `start + k·delay`, or (with `rate` or
+//!   `stages`) when the whole test's arrival curve reaches request `k·drivers + index`.
+//!   The worker that takes *k* sleeps until the due time if it is early; if every worker
+//!   was busy and *k* is taken after its due time, it is sent at once and counted late
+//!   (when it waited more than a millisecond for its connection). Either way latency is
 //!   measured from the due time, so a stalling target shows up as the queueing delay its
 //!   users would feel (coordinated omission corrected, as wrk2 does).
 //!
 //! - Due times are waited for with a [`Pacer`] (a high-resolution timer), so requests
 //!   leave within tens of microseconds of them; that send lag is measured for every paced
 //!   request that had a free connection and reported as the driver's own figure.
+//! - With a request mix, request *k* is the mix's entry `k` (a smooth weighted cycle),
+//!   and a worker keeps one connection per endpoint.
 //!
 //! Workers run on engine threads, one single-threaded runtime per core the process may
-//! use, each worker with its connection, one lazily re-armed timeout timer and its
+//! use, each worker with its connections, one lazily re-armed timeout timer and its
 //! recorder on one thread.
 //!
 //! A stop request ends the sending of new requests; requests already in flight complete
-//! and are counted, so a stopped run's counts still match the target's.
+//! and are counted, so a stopped run's counts still match the target's. So does the end
+//! of a duration.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use loadwave_proto::{ErrorKind, SendLag, TestSpec, TestType};
+use loadwave_proto::{Curve, ErrorKind, Pacing, Profile, SendLag, TestSpec};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::EngineError;
-use crate::client::{Connection, Deadline, Outcome, Target};
+use crate::client::{Connection, Deadline, Outcome, Target, Targets};
 use crate::pace::Pacer;
 use crate::stats::{Bucket, Pending, Recorder};
 
@@ -39,26 +48,55 @@ use crate::stats::{Bucket, Pending, Recorder};
 const LATE_AFTER: Duration = Duration::from_millis(1);
 
 /// How requests are paced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Model {
     /// Closed: as fast as the target answers.
     Avalanche,
+    /// Closed, ramping: worker `w` sends while the curve (connections per driver) is
+    /// above `w + ½`.
+    Ramping(Arc<Curve>),
     /// Open: one request every `delay`.
     Tsunami {
         /// Between two consecutive due times.
         delay: Duration,
     },
+    /// Open, on the whole test's arrival curve (requests per second): this driver's
+    /// request `k` is the test's request `k·drivers + driver`.
+    Arrival {
+        /// The whole test's rate.
+        curve: Arc<Curve>,
+        /// This driver's position among the test's drivers.
+        driver: u32,
+        /// How many drivers share the curve.
+        drivers: u32,
+    },
 }
 
 impl Model {
-    /// The due time of request `k`, if the model has one.
-    pub fn due(self, start: Instant, k: u64) -> Option<Instant> {
+    /// Whether requests have due times (the open model).
+    pub fn is_open(&self) -> bool {
+        matches!(self, Model::Tsunami { .. } | Model::Arrival { .. })
+    }
+
+    /// The due time of request `k`, if the model has one (and the schedule reaches it).
+    pub fn due(&self, start: Instant, k: u64) -> Option<Instant> {
         match self {
-            Model::Avalanche => None,
+            Model::Avalanche | Model::Ramping(_) => None,
             Model::Tsunami { delay } => {
                 let nanos = delay.as_nanos().saturating_mul(u128::from(k));
                 let offset = Duration::from_nanos(nanos.min(u128::from(u64::MAX)) as u64);
                 Some(start + offset)
+            }
+            Model::Arrival {
+                curve,
+                driver,
+                drivers,
+            } => {
+                let j = k
+                    .saturating_mul(u64::from(*drivers))
+                    .saturating_add(u64::from(*driver));
+                let t = curve.time_of(j as f64)?;
+                Some(start + Duration::from_secs_f64(t))
             }
         }
     }
@@ -67,34 +105,63 @@ impl Model {
 /// One driver's work.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// The request to send.
-    pub target: Arc<Target>,
+    /// The requests to send (one, or a mix).
+    pub targets: Arc<Targets>,
     /// The pacing.
     pub model: Model,
-    /// How many requests in total.
+    /// How many requests at most (`u64::MAX` when only time bounds the run).
     pub requests: u64,
-    /// Workers (connections, requests in flight at most).
+    /// Closed models: no request is sent once this long has passed since the start.
+    /// (Open models end with their schedule, which `requests` already counts.)
+    pub duration: Option<Duration>,
+    /// Workers (requests in flight at most).
     pub concurrency: u32,
 }
 
 impl Plan {
-    /// The plan a spec asks of each of its drivers.
-    pub async fn from_spec(spec: &TestSpec) -> Result<Plan, EngineError> {
-        spec.validate().map_err(EngineError::Spec)?;
-        let model = match spec.test_type {
-            TestType::Avalanche => Model::Avalanche,
-            TestType::Tsunami => {
-                let ms = spec.delay_ms.unwrap_or(0.0);
-                Model::Tsunami {
-                    delay: Duration::from_secs_f64(ms / 1000.0),
-                }
-            }
-        };
-        Ok(Plan {
-            target: Arc::new(Target::new(spec).await?),
+    /// A plan of `requests` requests of one target, without a duration.
+    pub fn new(target: Target, model: Model, requests: u64, concurrency: u32) -> Plan {
+        Plan {
+            targets: Arc::new(Targets::single(target)),
             model,
-            requests: spec.requests_per_driver,
-            concurrency: spec.concurrency,
+            requests,
+            duration: None,
+            concurrency,
+        }
+    }
+
+    /// The plan a spec asks of its driver number `driver_index`.
+    pub async fn from_spec(spec: &TestSpec, driver_index: u32) -> Result<Plan, EngineError> {
+        spec.validate().map_err(EngineError::Spec)?;
+        if driver_index >= spec.drivers {
+            return Err(EngineError::Invalid(format!(
+                "driver index {driver_index} (the test has {} drivers)",
+                spec.drivers
+            )));
+        }
+        let profile = Profile::of(spec);
+        let model = match &profile.pacing {
+            Pacing::Closed { .. } => Model::Avalanche,
+            Pacing::RampingClosed(curve) => Model::Ramping(Arc::new(curve.clone())),
+            Pacing::Delay { delay_s } => Model::Tsunami {
+                delay: Duration::from_secs_f64(*delay_s),
+            },
+            Pacing::Arrival(curve) => Model::Arrival {
+                curve: Arc::new(curve.clone()),
+                driver: driver_index,
+                drivers: profile.drivers,
+            },
+        };
+        let requests = profile
+            .planned_requests(driver_index)
+            .or(spec.requests_per_driver)
+            .unwrap_or(u64::MAX);
+        Ok(Plan {
+            targets: Arc::new(Targets::new(spec).await?),
+            model,
+            requests,
+            duration: profile.duration_s.map(Duration::from_secs_f64),
+            concurrency: profile.workers(spec.concurrency()),
         })
     }
 }
@@ -113,7 +180,7 @@ pub struct RunHandle {
     pending: Arc<Pending>,
     first_send_us: Arc<AtomicU64>,
     sent: Arc<AtomicU64>,
-    requests: u64,
+    cut_short: Arc<AtomicBool>,
     /// One message per engine thread that ended.
     ended: tokio::sync::mpsc::UnboundedReceiver<()>,
     running: usize,
@@ -152,10 +219,9 @@ impl RunHandle {
             }
             self.running -= 1;
         }
-        let sent = self.sent.load(Ordering::Relaxed);
         RunOutcome {
-            sent,
-            stopped: sent < self.requests,
+            sent: self.sent.load(Ordering::Relaxed),
+            stopped: self.cut_short.load(Ordering::Relaxed),
         }
     }
 }
@@ -192,6 +258,7 @@ pub fn start(plan: Plan, start: Instant, stop: CancellationToken) -> RunHandle {
     let next = Arc::new(AtomicU64::new(0));
     let sent = Arc::new(AtomicU64::new(0));
     let first_send_us = Arc::new(AtomicU64::new(u64::MAX));
+    let cut_short = Arc::new(AtomicBool::new(false));
     let workers = u64::from(plan.concurrency).min(plan.requests);
     let threads = engine_threads(workers);
     let (tx, ended) = tokio::sync::mpsc::unbounded_channel();
@@ -204,10 +271,13 @@ pub fn start(plan: Plan, start: Instant, stop: CancellationToken) -> RunHandle {
             sent: sent.clone(),
             pending: pending.clone(),
             first_send_us: first_send_us.clone(),
+            cut_short: cut_short.clone(),
             stop: stop.clone(),
         };
         // Workers t, t + threads, t + 2·threads, … run on thread t.
         let count = (workers + threads as u64 - 1 - t as u64) / threads as u64;
+        let first_worker = t as u64;
+        let stride = threads as u64;
         let signal = EndSignal(tx.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("loadwave-engine-{t}"))
@@ -225,8 +295,9 @@ pub fn start(plan: Plan, start: Instant, stop: CancellationToken) -> RunHandle {
                 };
                 runtime.block_on(async move {
                     let mut set = JoinSet::new();
-                    for _ in 0..count {
-                        set.spawn(worker(shared.clone()));
+                    for i in 0..count {
+                        let w = first_worker + i * stride;
+                        set.spawn(worker(shared.clone(), w.min(u64::from(u32::MAX)) as u32));
                     }
                     while let Some(joined) = set.join_next().await {
                         if let Err(err) = joined {
@@ -244,7 +315,7 @@ pub fn start(plan: Plan, start: Instant, stop: CancellationToken) -> RunHandle {
         pending,
         first_send_us,
         sent,
-        requests: plan.requests,
+        cut_short,
         ended,
         running,
         stop,
@@ -260,10 +331,13 @@ struct Shared {
     sent: Arc<AtomicU64>,
     pending: Arc<Pending>,
     first_send_us: Arc<AtomicU64>,
+    /// Set by a worker that left because of the stop, with work left to do.
+    cut_short: Arc<AtomicBool>,
     stop: CancellationToken,
 }
 
-async fn worker(shared: Shared) {
+/// Worker number `w` of the driver.
+async fn worker(shared: Shared, w: u32) {
     let Shared {
         plan,
         start,
@@ -271,24 +345,44 @@ async fn worker(shared: Shared) {
         sent,
         pending,
         first_send_us,
+        cut_short,
         stop,
     } = shared;
-    let target = &*plan.target;
-    let mut conn = Connection::new(target);
+    let targets = &*plan.targets;
+    let endpoint_targets = targets.endpoint_targets();
+    let mut conns: Vec<Connection> = endpoint_targets
+        .iter()
+        .map(|t| Connection::new(t))
+        .collect();
     let mut deadline = Deadline::new();
-    let paced = matches!(plan.model, Model::Tsunami { .. });
+    let open = plan.model.is_open();
+    let ramp = match &plan.model {
+        Model::Ramping(curve) => Some(curve.clone()),
+        _ => None,
+    };
+    // Worker w is needed while the planned concurrency rounds to more than w.
+    let level = f64::from(w) + 0.5;
+    let end_at = plan.duration.map(|d| start + d);
     let mut pacer = Pacer::new();
-    let mut recorder = Recorder::new(start, pending);
+    let mut recorder = Recorder::with_requests(start, pending, targets.len(), targets.is_mix());
     let start_at = tokio::time::Instant::from_std(start);
-    if Instant::now() < start {
+    let needed_at_start = ramp.as_ref().is_none_or(|c| c.at(0.0) > level);
+    if Instant::now() < start && needed_at_start {
         tokio::select! {
-            _ = conn.warm_up(target) => {}
+            _ = async {
+                for (conn, target) in conns.iter_mut().zip(&endpoint_targets) {
+                    conn.warm_up(target).await;
+                }
+            } => {}
             _ = tokio::time::sleep_until(start_at) => {}
         }
     }
     tokio::select! {
         _ = pacer.wait_until(start) => {}
-        _ = stop.cancelled() => return,
+        _ = stop.cancelled() => {
+            cut_short.store(true, Ordering::Relaxed);
+            return;
+        }
     }
     // When this worker's connection last became free: a request due before that had to
     // wait for it.
@@ -296,36 +390,72 @@ async fn worker(shared: Shared) {
     let mut first = true;
     loop {
         if stop.is_cancelled() {
+            cut_short.store(true, Ordering::Relaxed);
             break;
+        }
+        if let Some(curve) = &ramp {
+            let now = Instant::now();
+            let t = now.saturating_duration_since(start).as_secs_f64();
+            if curve.at(t) <= level {
+                // Not needed now: retire the connection until the plan needs it again.
+                recorder.flush();
+                for conn in &mut conns {
+                    conn.disconnect();
+                }
+                let Some(again) = curve.next_above(t, level) else {
+                    break;
+                };
+                let again = start + Duration::from_secs_f64(again.max(t + 0.001));
+                tokio::select! {
+                    _ = tokio::time::sleep_until(again.into()) => {}
+                    _ = stop.cancelled() => {
+                        cut_short.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                }
+                continue;
+            }
         }
         let k = next.fetch_add(1, Ordering::Relaxed);
         if k >= plan.requests {
             break;
         }
-        let (from, late, queued) = match plan.model.due(start, k) {
-            None => (Instant::now(), false, false),
-            Some(due) => {
-                let now = Instant::now();
-                if due > now {
-                    recorder.flush_if_stale(now);
-                    tokio::select! {
-                        _ = pacer.wait_until(due) => {}
-                        _ = stop.cancelled() => break,
+        let (from, late, queued) = if open {
+            let Some(due) = plan.model.due(start, k) else {
+                break;
+            };
+            let now = Instant::now();
+            if due > now {
+                recorder.flush_if_stale(now);
+                tokio::select! {
+                    _ = pacer.wait_until(due) => {}
+                    _ = stop.cancelled() => {
+                        cut_short.store(true, Ordering::Relaxed);
+                        break;
                     }
                 }
-                let waited = free_since.saturating_duration_since(due);
-                (due, waited > LATE_AFTER, waited > Duration::ZERO)
             }
+            let waited = free_since.saturating_duration_since(due);
+            (due, waited > LATE_AFTER, waited > Duration::ZERO)
+        } else {
+            let now = Instant::now();
+            if end_at.is_some_and(|end| now >= end) {
+                break;
+            }
+            (now, false, false)
         };
-        let sent_at = Instant::now();
+        let sent_at = if open { Instant::now() } else { from };
         if first {
             first = false;
             let us = sent_at.saturating_duration_since(start).as_micros() as u64;
             first_send_us.fetch_min(us, Ordering::Relaxed);
         }
-        if paced && !queued {
+        if open && !queued {
             recorder.record_send_lag(sent_at.saturating_duration_since(from));
         }
+        let r = targets.pick(k);
+        let target = targets.get(r);
+        let conn = &mut conns[targets.endpoint_of(r)];
         let outcome = deadline
             .run(sent_at + target.timeout(), conn.send(target))
             .await
@@ -333,7 +463,7 @@ async fn worker(shared: Shared) {
         sent.fetch_add(1, Ordering::Relaxed);
         let end = Instant::now();
         free_since = end;
-        recorder.record(outcome, from, end, late);
+        recorder.record_request(r, outcome, from, sent_at, end, late);
     }
 }
 
@@ -354,6 +484,26 @@ mod tests {
         );
         assert_eq!(model.due(start, 400), Some(start + Duration::from_secs(1)));
         assert_eq!(Model::Avalanche.due(start, 7), None);
+    }
+
+    #[test]
+    fn arrival_due_times_interleave_the_drivers() {
+        let start = Instant::now();
+        let curve = Arc::new(Curve::flat(1000.0, Some(1.0)));
+        let model = |driver| Model::Arrival {
+            curve: curve.clone(),
+            driver,
+            drivers: 4,
+        };
+        // The test's request j is due at j ms; driver 2 takes 2, 6, 10, ….
+        let due = |d: u32, k: u64| model(d).due(start, k).unwrap().duration_since(start);
+        assert_eq!(due(2, 0), Duration::from_millis(2));
+        assert_eq!(due(2, 2), Duration::from_millis(10));
+        assert_eq!(due(0, 1), Duration::from_millis(4));
+        assert!(
+            model(0).due(start, 250).is_none(),
+            "past the end of the curve"
+        );
     }
 
     #[test]

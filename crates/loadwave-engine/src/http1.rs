@@ -168,6 +168,11 @@ impl ResponseReader {
         *self = ResponseReader::new(self.head_request);
     }
 
+    /// Ready for the response to a request of this kind (`HEAD` or not).
+    pub fn reset_for(&mut self, head_request: bool) {
+        *self = ResponseReader::new(head_request);
+    }
+
     /// Whether any byte of the response has been consumed.
     pub fn started(&self) -> bool {
         self.seen > 0

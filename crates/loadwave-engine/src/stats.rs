@@ -4,6 +4,10 @@
 //! completion falls into a later second (or the worker is about to idle), the worker
 //! merges its bucket into the driver's [`Pending`] set, one short lock per worker per
 //! second, and reuses its allocation. The reporter drains [`Pending`] every second.
+//!
+//! A test with a request mix records into one bucket per request of the mix, so each
+//! request's figures (and histogram) travel on their own and merge into per-request
+//! results; the totals are their sum.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -18,6 +22,8 @@ use crate::client::Outcome;
 pub struct Bucket {
     /// Seconds since the start instant.
     pub second: u32,
+    /// The request of the mix (`None` without a mix).
+    pub request: Option<u32>,
     /// Requests completed.
     pub requests: u64,
     /// Transport errors plus responses with status ≥ 400.
@@ -30,6 +36,8 @@ pub struct Bucket {
     sum_us: u64,
     min_us: u64,
     max_us: u64,
+    /// Time requests were in flight, send to completion, µs.
+    busy_us: u64,
     /// Completion of the last request, µs after the start instant.
     pub last_end_us: u64,
     histogram: LatencyHistogram,
@@ -42,6 +50,21 @@ impl Bucket {
             second,
             ..Bucket::default()
         }
+    }
+
+    /// An empty bucket for `second` and request `request` of a mix.
+    pub fn for_request(second: u32, request: Option<u32>) -> Self {
+        Bucket {
+            second,
+            request,
+            ..Bucket::default()
+        }
+    }
+
+    /// Adds time a request spent in flight.
+    #[inline]
+    pub fn add_busy(&mut self, us: u64) {
+        self.busy_us += us;
     }
 
     /// Whether nothing was recorded.
@@ -86,6 +109,7 @@ impl Bucket {
         self.requests += other.requests;
         self.errors += other.errors;
         self.late += other.late;
+        self.busy_us += other.busy_us;
         self.last_end_us = self.last_end_us.max(other.last_end_us);
         for &(status, n) in &other.status_codes {
             match self.status_codes.iter_mut().find(|(s, _)| *s == status) {
@@ -118,6 +142,7 @@ impl Bucket {
         self.status_codes.clear();
         self.error_kinds = [0; 5];
         self.late = 0;
+        self.busy_us = 0;
         self.sum_us = 0;
         self.min_us = 0;
         self.max_us = 0;
@@ -129,6 +154,7 @@ impl Bucket {
     pub fn to_wire(&self) -> BucketStats {
         BucketStats {
             second: self.second,
+            request: self.request,
             requests: self.requests,
             errors: self.errors,
             status_codes: self.status_codes.iter().copied().collect(),
@@ -141,6 +167,7 @@ impl Bucket {
             latency_sum_us: self.sum_us,
             latency_min_us: self.min_us,
             latency_max_us: self.max_us,
+            busy_us: self.busy_us,
             histogram: self
                 .histogram
                 .to_base64()
@@ -153,7 +180,8 @@ impl Bucket {
 /// lag since the start.
 #[derive(Debug, Default)]
 pub struct Pending {
-    buckets: Mutex<BTreeMap<u32, Bucket>>,
+    /// By second, then request of the mix.
+    buckets: Mutex<BTreeMap<(u32, Option<u32>), Bucket>>,
     send_lag: Mutex<LatencyHistogram>,
 }
 
@@ -174,8 +202,8 @@ impl Pending {
     pub fn absorb(&self, bucket: &Bucket) {
         let mut buckets = self.buckets.lock().expect("stats lock poisoned");
         buckets
-            .entry(bucket.second)
-            .or_insert_with(|| Bucket::new(bucket.second))
+            .entry((bucket.second, bucket.request))
+            .or_insert_with(|| Bucket::for_request(bucket.second, bucket.request))
             .merge(bucket);
     }
 
@@ -186,20 +214,36 @@ impl Pending {
     }
 }
 
-/// A worker's recorder: a local bucket, flushed to [`Pending`] when the second changes.
+/// A worker's recorder: a local bucket per request of the mix, flushed to [`Pending`]
+/// when the second changes.
 pub struct Recorder {
     start: Instant,
-    local: Bucket,
+    second: u32,
+    /// One per request of the mix (one without a mix).
+    local: Vec<Bucket>,
     send_lag: LatencyHistogram,
     pending: Arc<Pending>,
 }
 
 impl Recorder {
-    /// A recorder for a run that started (or starts) at `start`.
+    /// A recorder for a run without a request mix that started (or starts) at `start`.
     pub fn new(start: Instant, pending: Arc<Pending>) -> Self {
+        Recorder::with_requests(start, pending, 1, false)
+    }
+
+    /// A recorder for `requests` requests; `mixed` when they are reported one by one.
+    pub fn with_requests(
+        start: Instant,
+        pending: Arc<Pending>,
+        requests: usize,
+        mixed: bool,
+    ) -> Self {
         Recorder {
             start,
-            local: Bucket::new(0),
+            second: 0,
+            local: (0..requests.max(1))
+                .map(|i| Bucket::for_request(0, mixed.then_some(i as u32)))
+                .collect(),
             send_lag: LatencyHistogram::new(),
             pending,
         }
@@ -212,15 +256,40 @@ impl Recorder {
     /// Records a request that was due (or sent) at `from` and completed at `end`.
     #[inline]
     pub fn record(&mut self, outcome: Outcome, from: Instant, end: Instant, late: bool) {
+        self.record_request(0, outcome, from, from, end, late);
+    }
+
+    /// Records request `request` of the mix: due (or sent) at `from`, on the wire from
+    /// `sent` and completed at `end`.
+    #[inline]
+    pub fn record_request(
+        &mut self,
+        request: usize,
+        outcome: Outcome,
+        from: Instant,
+        sent: Instant,
+        end: Instant,
+        late: bool,
+    ) {
         let second = self.second_of(end);
-        if second != self.local.second {
+        if second != self.second {
             self.flush();
-            self.local.second = second;
+            self.second = second;
+            for b in &mut self.local {
+                b.second = second;
+            }
         }
-        let latency = end.saturating_duration_since(from);
+        let latency = duration_us(end.saturating_duration_since(from));
+        // Closed model: sent at `from`, so the time in flight is the latency itself.
+        let busy = if sent == from {
+            latency
+        } else {
+            duration_us(end.saturating_duration_since(sent))
+        };
         let end_us = duration_us(end.saturating_duration_since(self.start));
-        self.local
-            .record(outcome, duration_us(latency), end_us, late);
+        let bucket = &mut self.local[request];
+        bucket.record(outcome, latency, end_us, late);
+        bucket.add_busy(busy);
     }
 
     /// Records how long after its due time a paced request went out.
@@ -229,15 +298,15 @@ impl Recorder {
         self.send_lag.record_us(duration_us(lag));
     }
 
-    /// Flushes if the local bucket belongs to a second that has passed, so an idle worker
+    /// Flushes if the local buckets belong to a second that has passed, so an idle worker
     /// does not hold data back from the live view.
     pub fn flush_if_stale(&mut self, now: Instant) {
-        if !self.local.is_empty() && self.second_of(now) != self.local.second {
+        if self.second_of(now) != self.second && self.local.iter().any(|b| !b.is_empty()) {
             self.flush();
         }
     }
 
-    /// Hands the local bucket to the reporter.
+    /// Hands the local buckets to the reporter.
     pub fn flush(&mut self) {
         if !self.send_lag.is_empty() {
             self.pending
@@ -248,10 +317,12 @@ impl Recorder {
                 .expect("auto-resizing histograms always merge");
             self.send_lag.reset();
         }
-        if !self.local.is_empty() {
-            self.pending.absorb(&self.local);
-            let second = self.local.second;
-            self.local.reset(second);
+        for bucket in &mut self.local {
+            if !bucket.is_empty() {
+                self.pending.absorb(bucket);
+                let second = bucket.second;
+                bucket.reset(second);
+            }
         }
     }
 }
@@ -306,5 +377,50 @@ mod tests {
         let by_second: Vec<(u32, u64)> = drained.iter().map(|b| (b.second, b.requests)).collect();
         assert_eq!(by_second, vec![(0, 2), (1, 1), (2, 1)]);
         assert!(pending.drain().is_empty());
+    }
+
+    #[test]
+    fn a_mix_records_each_request_apart() {
+        let pending = Arc::new(Pending::default());
+        let start = Instant::now();
+        {
+            let mut r = Recorder::with_requests(start, pending.clone(), 2, true);
+            let ok = Outcome::Response(200);
+            let at = |ms| start + Duration::from_millis(ms);
+            r.record_request(0, ok, at(0), at(0), at(10), false);
+            r.record_request(1, ok, at(0), at(5), at(20), false);
+            r.record_request(0, ok, at(0), at(15), at(30), false);
+            r.record_request(
+                1,
+                Outcome::Error(ErrorKind::Reset),
+                at(1000),
+                at(1000),
+                at(1100),
+                false,
+            );
+        }
+        let drained: Vec<BucketStats> = pending.drain().iter().map(Bucket::to_wire).collect();
+        let keys: Vec<(u32, Option<u32>, u64)> = drained
+            .iter()
+            .map(|b| (b.second, b.request, b.requests))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![(0, Some(0), 2), (0, Some(1), 1), (1, Some(1), 1)]
+        );
+        // Busy time counts from the send: 10 + 15 ms for request 0.
+        assert_eq!(drained[0].busy_us, 25_000);
+        assert_eq!(drained[1].busy_us, 15_000);
+        assert_eq!(drained[2].errors, 1);
+        // Without a mix, buckets carry no request.
+        let mut r = Recorder::new(start, pending.clone());
+        r.record(
+            Outcome::Response(200),
+            start,
+            start + Duration::from_millis(1),
+            false,
+        );
+        r.flush();
+        assert_eq!(pending.drain()[0].request, None);
     }
 }

@@ -43,12 +43,7 @@ fn spec(url: &str, timeout_ms: u64, headers: &[(&str, &str)]) -> TestSpec {
 }
 
 async fn run(target: Target, model: Model, requests: u64, concurrency: u32) -> Tally {
-    let plan = Plan {
-        target: Arc::new(target),
-        model,
-        requests,
-        concurrency,
-    };
+    let plan = Plan::new(target, model, requests, concurrency);
     let start = Instant::now() + Duration::from_millis(20);
     let mut handle = engine::start(plan, start, CancellationToken::new());
     let outcome = handle.finished().await;
@@ -240,14 +235,14 @@ async fn bodies_cut_short_are_resets_and_stalls_are_timeouts() {
 async fn paced_requests_report_their_send_lag() {
     let body = ok_with_body(2);
     let (addr, _) = scripted(move |_| Reply::Send(vec![body.clone()], false)).await;
-    let plan = Plan {
-        target: Arc::new(target_at(addr, 5_000).await),
-        model: Model::Tsunami {
+    let plan = Plan::new(
+        target_at(addr, 5_000).await,
+        Model::Tsunami {
             delay: Duration::from_millis(5),
         },
-        requests: 40,
-        concurrency: 4,
-    };
+        40,
+        4,
+    );
     let mut handle = engine::start(plan, Instant::now(), CancellationToken::new());
     handle.finished().await;
     let lag = handle.send_lag().expect("paced requests measure their lag");

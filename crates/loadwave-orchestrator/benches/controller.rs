@@ -182,6 +182,8 @@ impl Fleet {
             latency_sum_us: sum,
             latency_min_us: if histogram.is_empty() { 0 } else { min },
             latency_max_us: max,
+            busy_us: sum,
+            request: None,
             histogram: histogram.to_base64().expect("histograms encode"),
         }
     }

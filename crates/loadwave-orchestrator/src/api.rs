@@ -183,27 +183,34 @@ pub type ResponseBody = axum::body::Body;
 pub type AppState = Arc<dyn Backend>;
 
 /// Refuses a target that resolves to a link-local (metadata service) address: every
-/// address the name resolves to is checked, not just the URL's text. A name that does
-/// not resolve here is let through (the drivers may see other DNS); they check again.
+/// address each request's host resolves to is checked, not just the URL's text. A name
+/// that does not resolve here is let through (the drivers may see other DNS); they check
+/// again.
 pub async fn check_target(spec: &TestSpec) -> Result<(), AppError> {
-    let url =
-        loadwave_proto::parse_target_url(&spec.target_url).map_err(|e| AppError::Invalid {
+    for req in spec.request_list() {
+        let field = if req.field == "target_url" {
+            req.field.clone()
+        } else {
+            format!("{}.url", req.field)
+        };
+        let url = loadwave_proto::parse_target_url(&req.url).map_err(|e| AppError::Invalid {
             status: StatusCode::UNPROCESSABLE_ENTITY,
-            field: e.field,
+            field: field.clone(),
             message: e.message,
         })?;
-    if let Ok(addrs) = tokio::net::lookup_host((url.host.as_str(), url.port)).await {
-        for addr in addrs {
-            if let Some(why) = forbidden_address(addr.ip()) {
-                return Err(AppError::Invalid {
-                    status: StatusCode::UNPROCESSABLE_ENTITY,
-                    field: "target_url".into(),
-                    message: format!(
-                        "`{}` resolves to {}, {why}; loadwave does not send load there",
-                        url.host,
-                        addr.ip()
-                    ),
-                });
+        if let Ok(addrs) = tokio::net::lookup_host((url.host.as_str(), url.port)).await {
+            for addr in addrs {
+                if let Some(why) = forbidden_address(addr.ip()) {
+                    return Err(AppError::Invalid {
+                        status: StatusCode::UNPROCESSABLE_ENTITY,
+                        field,
+                        message: format!(
+                            "`{}` resolves to {}, {why}; loadwave does not send load there",
+                            url.host,
+                            addr.ip()
+                        ),
+                    });
+                }
             }
         }
     }
@@ -338,7 +345,16 @@ async fn healthz(State(orch): State<AppState>) -> Result<Json<Health>, AppError>
         list_drivers,
         healthz
     ),
-    components(schemas(TestSpec, TestView, ErrorBody, TestListItem, DriverInfo, Health))
+    components(schemas(
+        TestSpec,
+        loadwave_proto::RequestSpec,
+        loadwave_proto::Stage,
+        TestView,
+        ErrorBody,
+        TestListItem,
+        DriverInfo,
+        Health
+    ))
 )]
 struct ApiDoc;
 

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use loadwave_core::{TestView, TimelinePoint};
 use loadwave_proto::threshold::{Metric, Threshold};
+use loadwave_proto::{TestType, describe_load, format_duration_s};
 
 /// Escapes text for HTML.
 fn esc(s: &str) -> String {
@@ -54,11 +55,53 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-/// One line or bar series of a chart: its name, colour and value per second.
-type Series<'a> = (&'a str, &'a str, fn(&TimelinePoint) -> f64);
+/// How a series is drawn.
+#[derive(Clone, Copy, PartialEq)]
+enum Mark {
+    /// Bars, one per second.
+    Bar,
+    /// A solid line.
+    Line,
+    /// A dashed line (what was planned).
+    Plan,
+}
 
-/// A chart of one series per second: bars for throughput, or lines for latency.
-fn chart(points: &[TimelinePoint], title: &str, series: &[Series<'_>], bars: bool) -> String {
+/// A series' value in one second, `None` where it has none.
+type ValueOf<'a> = Box<dyn Fn(&TimelinePoint) -> Option<f64> + 'a>;
+
+/// One series of a chart: its name, colour, mark and value per second.
+struct Series<'a> {
+    name: String,
+    color: &'a str,
+    mark: Mark,
+    value: ValueOf<'a>,
+}
+
+impl<'a> Series<'a> {
+    fn new(
+        name: impl Into<String>,
+        color: &'a str,
+        mark: Mark,
+        value: impl Fn(&TimelinePoint) -> Option<f64> + 'a,
+    ) -> Self {
+        Series {
+            name: name.into(),
+            color,
+            mark,
+            value: Box::new(value),
+        }
+    }
+}
+
+/// How the axis label of a chart reads its top value.
+#[derive(Clone, Copy)]
+enum Unit {
+    Count,
+    Ms,
+}
+
+/// A chart of series per second.
+fn chart(points: &[TimelinePoint], title: &str, series: &[Series<'_>], unit: Unit) -> String {
     let (w, h, pad) = (760.0, 180.0, 40.0);
     let mut out = format!("<figure><figcaption>{}</figcaption>", esc(title));
     if points.is_empty() {
@@ -67,7 +110,7 @@ fn chart(points: &[TimelinePoint], title: &str, series: &[Series<'_>], bars: boo
     }
     let max = points
         .iter()
-        .flat_map(|p| series.iter().map(move |(_, _, f)| f(p)))
+        .flat_map(|p| series.iter().filter_map(move |s| (s.value)(p)))
         .fold(0.0f64, f64::max)
         .max(1e-9);
     let n = points.len() as f64;
@@ -84,32 +127,46 @@ fn chart(points: &[TimelinePoint], title: &str, series: &[Series<'_>], bars: boo
         "<line x1='{pad}' y1='{}' x2='{w}' y2='{}' class=axis /><text x='0' y='14' class=tick>{}</text><text x='0' y='{}' class=tick>0</text>",
         h - 20.0,
         h - 20.0,
-        if bars { format!("{max:.0}") } else { ms(max) },
+        match unit {
+            Unit::Count if max >= 10.0 => format!("{max:.0}"),
+            Unit::Count => format!("{max:.1}"),
+            Unit::Ms => ms(max),
+        },
         h - 20.0
     );
-    for (name, color, f) in series {
-        if bars {
+    for s in series {
+        let color = s.color;
+        let name = esc(&s.name);
+        if s.mark == Mark::Bar {
             for (i, p) in points.iter().enumerate() {
-                let top = y(f(p));
+                let Some(v) = (s.value)(p) else { continue };
+                let top = y(v);
                 let _ = write!(
                     out,
-                    "<rect x='{:.1}' y='{top:.1}' width='{:.1}' height='{:.1}' fill='{color}'><title>second {}: {:.0} {name}</title></rect>",
+                    "<rect x='{:.1}' y='{top:.1}' width='{:.1}' height='{:.1}' fill='{color}'><title>second {}: {v:.0} {name}</title></rect>",
                     x(i) - step * 0.4,
                     step * 0.8,
                     (h - 20.0 - top).max(0.0),
                     p.second,
-                    f(p)
                 );
             }
         } else {
             let path: Vec<String> = points
                 .iter()
                 .enumerate()
-                .map(|(i, p)| format!("{:.1},{:.1}", x(i), y(f(p))))
+                .filter_map(|(i, p)| (s.value)(p).map(|v| format!("{:.1},{:.1}", x(i), y(v))))
                 .collect();
+            if path.is_empty() {
+                continue;
+            }
+            let dash = if s.mark == Mark::Plan {
+                " stroke-dasharray='6 4'"
+            } else {
+                ""
+            };
             let _ = write!(
                 out,
-                "<polyline points='{}' fill='none' stroke='{color}' stroke-width='2'><title>{name}</title></polyline>",
+                "<polyline points='{}' fill='none' stroke='{color}' stroke-width='2'{dash}><title>{name}</title></polyline>",
                 path.join(" ")
             );
         }
@@ -121,16 +178,22 @@ fn chart(points: &[TimelinePoint], title: &str, series: &[Series<'_>], bars: boo
         w - 2.0
     );
     out.push_str("<div class=legend>");
-    for (name, color, _) in series {
+    for s in series {
         let _ = write!(
             out,
-            "<span><i style='background:{color}'></i>{}</span>",
-            esc(name)
+            "<span><i style='background:{}'></i>{}</span>",
+            s.color,
+            esc(&s.name)
         );
     }
     out.push_str("</div></figure>");
     out
 }
+
+/// Colours for the requests of a mix, in order.
+const MIX_COLORS: [&str; 6] = [
+    "#4c8bf5", "#2da44e", "#bf8700", "#8250df", "#cf222e", "#1b7c83",
+];
 
 /// A check's measured value in the unit its threshold speaks.
 fn measured(threshold: &str, actual: f64) -> String {
@@ -163,8 +226,8 @@ pub fn render(v: &TestView) -> String {
 <meta name=viewport content='width=device-width,initial-scale=1'><style>\
 body{{font:15px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:820px;color:#1d232a;padding:0 1rem}}\
 h1{{font-size:1.5rem;margin:0}}h2{{font-size:1.1rem;margin-top:2rem;border-bottom:1px solid #ddd}}\
-table{{border-collapse:collapse;width:100%}}td,th{{padding:.25rem .5rem;text-align:right;border-bottom:1px solid #eee}}\
-td:first-child,th:first-child{{text-align:left}}.muted{{color:#6a737d}}\
+table{{border-collapse:collapse;width:100%}}td,th{{padding:.25rem .5rem;text-align:right;border-bottom:1px solid #eee;white-space:nowrap}}\
+td:first-child,th:first-child{{text-align:left;white-space:normal}}.muted{{color:#6a737d}}\
 .badge{{display:inline-block;padding:.1rem .6rem;border-radius:1rem;background:#eee;font-weight:600;margin-left:.5rem}}\
 .pass{{background:#d7f5dd;color:#116329}}.fail{{background:#ffe0e0;color:#a40e26}}\
 .grid{{display:grid;grid-template-columns:repeat(4,1fr);gap:.5rem}}.grid div{{background:#f6f8fa;padding:.6rem;border-radius:.4rem}}\
@@ -175,28 +238,36 @@ figure{{margin:1rem 0}}figcaption{{font-weight:600}}li.warn{{color:#8a5300}}</st
     );
     let _ = write!(
         o,
-        "<h1>{}{verdict}</h1><p class=muted>{} · {} · {} driver(s) × {} requests · concurrency {}{} · started {} · id {}</p>",
+        "<h1>{}{verdict}</h1><p class=muted>{} · {} · {} · started {} · id {}</p>",
         esc(&title),
         spec.test_type,
-        esc(&spec.target_url),
-        spec.drivers,
-        spec.requests_per_driver,
-        spec.concurrency,
-        spec.delay_ms
-            .map(|d| format!(" · one request every {d} ms per driver"))
-            .unwrap_or_default(),
+        esc(&spec.target_label()),
+        esc(&describe_load(spec)),
         date(v.start_at_ms.or(Some(v.created_at_ms))),
         esc(&v.id)
     );
     if let Some(e) = &v.error {
         let _ = write!(o, "<p class='badge fail'>{}</p>", esc(e));
     }
+    if let Some(a) = &v.aborted {
+        let _ = write!(
+            o,
+            "<p class='badge fail'>aborted {:.1} s in: <code>{}</code> broke (measured {})</p>",
+            a.at_s,
+            esc(&a.threshold),
+            measured(&a.threshold, a.actual)
+        );
+    }
     let _ = write!(
         o,
-        "<div class=grid><div>requests<b>{}</b>of {}</div><div>throughput<b>{:.0} rps</b>over {:.2} s</div>\
+        "<div class=grid><div>requests<b>{}</b>{}</div><div>throughput<b>{:.0} rps</b>over {:.2} s</div>\
 <div>errors<b>{}</b>{:.2}%</div><div>p99<b>{}</b>p50 {}</div></div>",
         s.requests,
-        s.expected_requests,
+        match (s.expected_requests, spec.duration()) {
+            (Some(n), _) => format!("of {n}"),
+            (None, Some(d)) => format!("in a {} test", format_duration_s(d)),
+            (None, None) => String::new(),
+        },
         s.rps,
         s.duration_s,
         s.errors,
@@ -204,12 +275,35 @@ figure{{margin:1rem 0}}figcaption{{font-weight:600}}li.warn{{color:#8a5300}}</st
         ms(l.p99),
         ms(l.p50)
     );
+    if let Some(stages) = &spec.stages {
+        let unit = match spec.test_type {
+            TestType::Tsunami => "requests per second, whole test",
+            TestType::Avalanche => "connections per driver",
+        };
+        let _ = write!(
+            o,
+            "<h2>Stages</h2><table><tr><th>stage</th><th>from (s)</th><th>duration</th><th>ramp ({unit})</th></tr>"
+        );
+        let (mut at, mut from) = (0.0, spec.start_target_or_zero());
+        for (i, st) in stages.iter().enumerate() {
+            let _ = write!(
+                o,
+                "<tr><td>{}</td><td>{at:.1}</td><td>{}</td><td>{from} → {}</td></tr>",
+                i + 1,
+                format_duration_s(st.duration_s),
+                st.target
+            );
+            at += st.duration_s;
+            from = st.target;
+        }
+        o.push_str("</table>");
+    }
     o.push_str("<h2>Latency</h2><table><tr><th>min</th><th>mean</th><th>p50</th><th>p90</th><th>p95</th><th>p99</th><th>p99.9</th><th>max</th></tr><tr>");
     for x in [l.min, l.mean, l.p50, l.p90, l.p95, l.p99, l.p999, l.max] {
         let _ = write!(o, "<td>{}</td>", ms(x));
     }
     o.push_str("</tr></table><p class=muted>Percentiles of every response, merged from the drivers' HDR histograms (3 significant digits).");
-    if spec.delay_ms.is_some() {
+    if spec.test_type == TestType::Tsunami {
         let _ = write!(
             o,
             " Tsunami latencies count from each request's due time; {} requests waited for a free connection.",
@@ -217,25 +311,125 @@ figure{{margin:1rem 0}}figcaption{{font-weight:600}}li.warn{{color:#8a5300}}</st
         );
     }
     o.push_str("</p>");
+    if !s.by_request.is_empty() {
+        o.push_str("<h2>Requests of the mix</h2><table><tr><th>request</th><th>weight</th><th>requests</th><th>share</th><th>errors</th><th>p50</th><th>p90</th><th>p99</th><th>max</th><th>statuses</th></tr>");
+        let total_weight: f64 = s.by_request.iter().map(|r| r.weight).sum();
+        for r in &s.by_request {
+            let statuses: Vec<String> = r
+                .status_codes
+                .iter()
+                .map(|(c, n)| format!("{c}: {n}"))
+                .chain(r.error_kinds.iter().map(|(k, n)| format!("{k}: {n}")))
+                .collect();
+            let _ = write!(
+                o,
+                "<tr><td><b>{}</b><br><span class=muted>{} {}</span></td><td>{} ({:.0}%)</td><td>{}</td><td>{:.1}%</td><td>{} ({:.2}%)</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&r.name),
+                esc(&r.method),
+                esc(&r.url),
+                r.weight,
+                if total_weight > 0.0 {
+                    100.0 * r.weight / total_weight
+                } else {
+                    0.0
+                },
+                r.requests,
+                if s.requests > 0 {
+                    100.0 * r.requests as f64 / s.requests as f64
+                } else {
+                    0.0
+                },
+                r.errors,
+                r.error_rate * 100.0,
+                ms(r.latency_ms.p50),
+                ms(r.latency_ms.p90),
+                ms(r.latency_ms.p99),
+                ms(r.latency_ms.max),
+                esc(&statuses.join(" · "))
+            );
+        }
+        o.push_str("</table><p class=muted>Each request's percentiles come from its own merged histogram.</p>");
+    }
+    let open = v.timeline.iter().any(|p| p.planned_requests.is_some());
+    let mut throughput = vec![
+        Series::new("requests", "#4c8bf5", Mark::Bar, |p| {
+            Some(p.requests as f64)
+        }),
+        Series::new("errors", "#e5534b", Mark::Bar, |p| Some(p.errors as f64)),
+    ];
+    if open {
+        throughput.push(Series::new("planned", "#1d232a", Mark::Plan, |p| {
+            p.planned_requests.map(|n| n as f64)
+        }));
+    }
     o.push_str(&chart(
         &v.timeline,
-        "Requests per second",
-        &[
-            ("requests", "#4c8bf5", |p| p.requests as f64),
-            ("errors", "#e5534b", |p| p.errors as f64),
-        ],
-        true,
+        if open {
+            "Requests per second, planned and achieved"
+        } else {
+            "Requests per second"
+        },
+        &throughput,
+        Unit::Count,
+    ));
+    let mut concurrency = vec![Series::new(
+        "in flight (achieved)",
+        "#8250df",
+        Mark::Line,
+        |p| Some(p.concurrency),
+    )];
+    if v.timeline.iter().any(|p| p.planned_concurrency.is_some()) {
+        concurrency.push(Series::new("planned", "#1d232a", Mark::Plan, |p| {
+            p.planned_concurrency
+        }));
+    }
+    o.push_str(&chart(
+        &v.timeline,
+        "Concurrency: requests in flight, all drivers",
+        &concurrency,
+        Unit::Count,
     ));
     o.push_str(&chart(
         &v.timeline,
         "Latency per second",
         &[
-            ("p50", "#2da44e", |p| p.p50_ms),
-            ("p99", "#bf8700", |p| p.p99_ms),
-            ("max", "#cf222e", |p| p.max_ms),
+            Series::new("p50", "#2da44e", Mark::Line, |p| Some(p.p50_ms)),
+            Series::new("p99", "#bf8700", Mark::Line, |p| Some(p.p99_ms)),
+            Series::new("max", "#cf222e", Mark::Line, |p| Some(p.max_ms)),
         ],
-        false,
+        Unit::Ms,
     ));
+    if !s.by_request.is_empty() {
+        let per_request = |f: fn(&loadwave_core::TimelineRequest) -> f64| {
+            s.by_request
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let name = r.name.clone();
+                    Series::new(
+                        r.name.clone(),
+                        MIX_COLORS[i % MIX_COLORS.len()],
+                        Mark::Line,
+                        move |p: &TimelinePoint| {
+                            p.by_request.iter().find(|x| x.name == name).map(f)
+                        },
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        o.push_str(&chart(
+            &v.timeline,
+            "Requests per second, by request",
+            &per_request(|r| r.requests as f64),
+            Unit::Count,
+        ));
+        o.push_str(&chart(
+            &v.timeline,
+            "p99 per second, by request",
+            &per_request(|r| r.p99_ms),
+            Unit::Ms,
+        ));
+    }
     o.push_str(
         "<h2>Responses and errors</h2><table><tr><th>status / error</th><th>count</th></tr>",
     );
@@ -252,10 +446,10 @@ figure{{margin:1rem 0}}figcaption{{font-weight:600}}li.warn{{color:#8a5300}}</st
             "<tr><td>{}</td><td>{}{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}%{}</td></tr>",
             esc(&d.id),
             format!("{:?}", d.state).to_lowercase(),
-            if d.missing_requests > 0 {
-                format!(" ({} missing)", d.missing_requests)
-            } else {
-                String::new()
+            match (d.missing_requests, d.missing_s) {
+                (n, _) if n > 0 => format!(" ({n} missing)"),
+                (_, Some(secs)) if secs > 0.0 => format!(" (last {secs:.1} s missing)"),
+                _ => String::new(),
             },
             d.requests,
             d.errors,
@@ -296,6 +490,9 @@ figure{{margin:1rem 0}}figcaption{{font-weight:600}}li.warn{{color:#8a5300}}</st
         }
         for r in &vd.reasons {
             let _ = write!(o, "<li class=warn>{}</li>", esc(r));
+        }
+        if vd.checks.is_empty() && vd.reasons.is_empty() {
+            o.push_str("<li>✓ every driver completed its part and every request was counted (no thresholds were set)</li>");
         }
         o.push_str("</ul>");
     }

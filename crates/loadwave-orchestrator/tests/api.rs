@@ -163,6 +163,66 @@ async fn bad_input_answers_4xx_naming_the_field() {
             "body",
         ),
     ];
+    // The load profiles' fields, each named when it is wrong.
+    let profile = |patch: Value| {
+        let mut s = spec();
+        let map = s.as_object_mut().unwrap();
+        for (k, v) in patch.as_object().unwrap() {
+            if v.is_null() {
+                map.remove(k);
+            } else {
+                map.insert(k.clone(), v.clone());
+            }
+        }
+        Body::from(s.to_string())
+    };
+    let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
+    let mut cases = cases;
+    cases.extend([
+        (profile(json!({"duration_s": 0})), unprocessable, "duration_s"),
+        (profile(json!({"duration_s": "30s"})), unprocessable, "duration_s"),
+        (profile(json!({"rate": 50})), unprocessable, "rate"),
+        (
+            profile(json!({"test_type": "tsunami", "rate": 50, "delay_ms": 2})),
+            unprocessable,
+            "rate",
+        ),
+        (
+            profile(json!({"test_type": "tsunami", "stages": [], "requests_per_driver": null})),
+            unprocessable,
+            "stages",
+        ),
+        (
+            profile(json!({"test_type": "tsunami", "stages": [{"duration_s": 0, "target": 5}]})),
+            unprocessable,
+            "stages[0].duration_s",
+        ),
+        (
+            profile(json!({"stages": [{"duration_s": 1, "target": 5}], "duration_s": 3})),
+            unprocessable,
+            "duration_s",
+        ),
+        (
+            profile(json!({"target_url": null, "requests": [{"name": "a", "url": "http://127.0.0.1:9/", "weight": 0}]})),
+            unprocessable,
+            "requests",
+        ),
+        (
+            profile(json!({"target_url": null, "requests": [{"name": "a", "url": "http://127.0.0.1:9/"}], "thresholds": ["p99{b} < 1s"]})),
+            unprocessable,
+            "thresholds[0]",
+        ),
+        (
+            profile(json!({"target_url": null, "requests": [{"name": "a"}]})),
+            unprocessable,
+            "requests[0].url",
+        ),
+        (
+            profile(json!({"target_url": null, "requests": [{"name": "a", "url": "http://169.254.169.254/"}]})),
+            unprocessable,
+            "requests[0].url",
+        ),
+    ]);
     for (body, status, field) in cases {
         let (got, json, text) = call(&orch, "POST", "/tests", body).await;
         assert_eq!(got, status, "{field}: {text}");
@@ -311,5 +371,128 @@ async fn more_drivers_than_the_pool_has_fail_after_a_bounded_wait() {
     let drivers = orch.drivers().await.unwrap();
     assert_eq!(drivers.len(), 1);
     assert_eq!(drivers[0].state, "idle", "the pool driver was not taken");
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_profiled_test_runs_through_the_api_aborts_and_reports_it() {
+    let target = loadwave_testkit::TargetServer::start(
+        &loadwave_testkit::bin(
+            env!("CARGO_BIN_EXE_loadwave-orchestrator"),
+            "loadwave-target",
+        ),
+        &[],
+    );
+    let (orch, bus) = orchestrator(ControllerOptions::default()).await;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(orch.clone().run(shutdown.clone()));
+    for id in ["pool-a", "pool-b"] {
+        tokio::spawn(run_agent(
+            bus.clone(),
+            AgentConfig {
+                driver_id: id.into(),
+                host: "h".into(),
+                mode: AgentMode::Pool,
+            },
+            SysMonitor::spawn(),
+            shutdown.clone(),
+        ));
+    }
+    // A 21 s ramp over a mix in which one request always fails: its own abort threshold
+    // stops the whole test a second in.
+    let spec = json!({
+        "name": "profiled",
+        "test_type": "tsunami",
+        "drivers": 2,
+        "stages": [{"duration_s": 1, "target": 100}, {"duration_s": 20, "target": 100}],
+        "requests": [
+            {"name": "home", "url": target.url("/ping"), "weight": 1},
+            {"name": "broken", "url": target.url("/ping?status=503"), "weight": 1},
+        ],
+        "thresholds": ["error_rate{broken} < 10% abort", "p99{home} < 5s"],
+        "abort_grace_s": 1,
+    });
+    let (status, created, text) = call(&orch, "POST", "/tests", Body::from(spec.to_string())).await;
+    assert_eq!(status, StatusCode::CREATED, "{text}");
+    assert_eq!(created["summary"]["expected_requests"], 2050);
+    assert_eq!(created["spec"]["stages"][1]["duration_s"], 20.0);
+    let id = created["id"].as_str().unwrap().to_string();
+    let started = std::time::Instant::now();
+    let view = loop {
+        let (_, v, _) = call(&orch, "GET", &format!("/tests/{id}"), Body::empty()).await;
+        if v["verdict"].is_object() {
+            break v;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "still running: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(view["status"], "stopped", "{view}");
+    assert_eq!(
+        view["aborted"]["threshold"],
+        "error_rate{broken} < 10% abort"
+    );
+    let s = &view["summary"];
+    let requests = s["requests"].as_u64().unwrap();
+    assert_eq!(
+        requests,
+        target.requests(),
+        "every request counted, in flight ones too"
+    );
+    let by = s["by_request"].as_array().unwrap();
+    assert_eq!(by[1]["name"], "broken");
+    assert_eq!(by[1]["errors"], by[1]["requests"]);
+    assert_eq!(by[0]["errors"], 0);
+    assert_eq!(
+        by[0]["requests"].as_u64().unwrap() + by[1]["requests"].as_u64().unwrap(),
+        requests
+    );
+    assert!(view["timeline"][0]["planned_requests"].as_u64().is_some());
+
+    let (_, _, html) = call(&orch, "GET", &format!("/tests/{id}/report"), Body::empty()).await;
+    for needle in [
+        "<h2>Stages</h2>",
+        "<h2>Requests of the mix</h2>",
+        "broken",
+        "Requests per second, planned and achieved",
+        "aborted",
+        "error_rate{broken} &lt; 10% abort",
+    ] {
+        assert!(html.contains(needle), "{needle} missing from the report");
+    }
+
+    let (_, doc, _) = call(&orch, "GET", "/openapi.json", Body::empty()).await;
+    let schemas = &doc["components"]["schemas"];
+    for field in [
+        "duration_s",
+        "rate",
+        "stages",
+        "start_target",
+        "requests",
+        "abort_grace_s",
+        "target_url",
+        "requests_per_driver",
+    ] {
+        assert!(
+            schemas["TestSpec"]["properties"].get(field).is_some(),
+            "TestSpec.{field} missing from the OpenAPI document"
+        );
+    }
+    for (schema, field) in [
+        ("Stage", "target"),
+        ("RequestSpec", "weight"),
+        ("TimelinePoint", "planned_requests"),
+        ("TimelinePoint", "planned_concurrency"),
+        ("TimelinePoint", "concurrency"),
+        ("Summary", "by_request"),
+        ("TestView", "aborted"),
+    ] {
+        assert!(
+            schemas[schema]["properties"].get(field).is_some(),
+            "{schema}.{field} missing from the OpenAPI document"
+        );
+    }
     shutdown.cancel();
 }

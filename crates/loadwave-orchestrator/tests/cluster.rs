@@ -650,3 +650,91 @@ fn offsets_are_committed_while_two_tests_overlap() {
         assert_eq!(u(&view["summary"]["requests"]), 1_200);
     }
 }
+
+#[test]
+fn load_profiles_run_across_drivers_over_kafka() {
+    let _serial = serial();
+    let mut s = Stack::new("profiles", &brokers());
+    s.start_orchestrator(&[]);
+    for d in ["p1", "p2", "p3"] {
+        s.start_driver(d);
+    }
+    s.wait_idle_drivers(3);
+
+    // A ramping arrival rate over a 3:1 mix, split across three processes: 0 → 300/s in
+    // 2 s, then down to 150/s in 2 s: 75, 225, 262.5 and 187.5 due in its four seconds.
+    let spec = json!({
+        "test_type": "tsunami",
+        "drivers": 3,
+        "concurrency": 8,
+        "stages": [{"duration_s": 2, "target": 300}, {"duration_s": 2, "target": 150}],
+        "requests": [
+            {"name": "list", "url": s.target.url("/ping"), "weight": 3},
+            {"name": "item", "url": s.target.url("/ping?delay_ms=3"), "weight": 1},
+        ],
+    });
+    let id = s.create(spec);
+    let view = s.wait_finished(&id, Duration::from_secs(60));
+    let logs = s.logs();
+    assert_eq!(view["status"], "completed", "{view}{logs}");
+    let total = u(&view["summary"]["requests"]);
+    assert_eq!(u(&view["summary"]["expected_requests"]), 750);
+    assert_eq!(
+        total, 750,
+        "every planned request was sent and counted once"
+    );
+    assert_eq!(
+        s.target.requests(),
+        750,
+        "the target saw what the summary says"
+    );
+    let points = view["timeline"].as_array().unwrap();
+    for p in points.iter().take(4) {
+        let (got, plan) = (u(&p["requests"]), u(&p["planned_requests"]));
+        assert!(
+            got.abs_diff(plan) * 20 <= plan,
+            "second {}: {got} of {plan} planned: {points:?}",
+            p["second"]
+        );
+    }
+    let by = view["summary"]["by_request"].as_array().unwrap();
+    let (list, item) = (u(&by[0]["requests"]), u(&by[1]["requests"]));
+    assert_eq!(list + item, 750);
+    assert!(list.abs_diff(3 * item) <= 3 * 3, "{list}:{item}");
+    assert!(by[1]["latency_ms"]["p50"].as_f64().unwrap() >= 3.0);
+
+    // An abort threshold judged on the merged data stops every driver of a 60 s test.
+    s.wait_idle_drivers(3);
+    let spec = json!({
+        "target_url": s.target.url("/ping?status=500"),
+        "test_type": "avalanche",
+        "drivers": 3,
+        "concurrency": 2,
+        "duration_s": 60,
+        "abort_grace_s": 2,
+        "thresholds": ["error_rate < 5% abort"],
+    });
+    let before = s.target.requests();
+    let started = Instant::now();
+    let id = s.create(spec);
+    let view = s.wait_finished(&id, Duration::from_secs(30));
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(view["status"], "stopped", "{view}{}", s.logs());
+    assert_eq!(view["aborted"]["threshold"], "error_rate < 5% abort");
+    let drivers = view["drivers"].as_array().unwrap();
+    assert!(
+        drivers.iter().all(|d| d["state"] == "stopped"),
+        "{drivers:?}"
+    );
+    assert_eq!(
+        u(&view["summary"]["requests"]),
+        s.target.requests() - before,
+        "every driver's requests, in flight ones too, are counted"
+    );
+    assert_eq!(driver_sum(&view), u(&view["summary"]["requests"]));
+    assert_eq!(view["verdict"]["passed"], false);
+}

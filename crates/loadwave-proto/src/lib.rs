@@ -5,7 +5,9 @@
 //!
 //! - [`spec`]: the test specification users submit (`POST /tests`, `loadwave run`), with its
 //!   validation, which names the offending field on every error;
-//! - [`threshold`]: pass/fail criteria such as `p99 < 200ms` or `error_rate < 1%`;
+//! - [`threshold`]: pass/fail criteria such as `p99 < 200ms` or `error_rate < 1% abort`;
+//! - [`profile`]: what a spec plans (durations, arrival-rate and concurrency ramps), read
+//!   the same way by the drivers that pace requests and the orchestrator that checks them;
 //! - [`message`]: the versioned JSON envelope carried on the five Kafka topics of the
 //!   original system (`register`, `test_config`, `trigger`, `metrics`, `heartbeat`);
 //! - [`histogram`]: HDR histograms in the compressed V2 format, base64-encoded for JSON,
@@ -15,6 +17,7 @@
 
 pub mod histogram;
 pub mod message;
+pub mod profile;
 pub mod spec;
 pub mod threshold;
 
@@ -24,7 +27,11 @@ pub use message::{
     MetricsReport, PROTOCOL_VERSION, Register, SendLag, TestConfig, Tick, Topic, Trigger,
     TriggerAction,
 };
-pub use spec::{SpecError, TargetUrl, TestSpec, TestType, forbidden_address, parse_target_url};
+pub use profile::{Curve, Pacing, Profile, describe_load, format_duration_s, parse_duration_s};
+pub use spec::{
+    RequestSpec, ResolvedRequest, SpecError, Stage, TargetUrl, TestSpec, TestType,
+    forbidden_address, parse_target_url,
+};
 pub use threshold::{Metric, Threshold, ThresholdError};
 
 /// Milliseconds since the Unix epoch, the wall-clock unit used on the wire.

@@ -199,6 +199,11 @@ impl ErrorKind {
 pub struct BucketStats {
     /// Seconds since the common start instant.
     pub second: u32,
+    /// The request of the spec's mix these figures are about (its position in
+    /// `requests`); absent for a spec without a mix. A second's figures come in one
+    /// bucket per request of the mix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<u32>,
     /// Requests completed (with a response or an error).
     pub requests: u64,
     /// Requests that failed: transport errors plus responses with status ≥ 400.
@@ -218,6 +223,10 @@ pub struct BucketStats {
     pub latency_min_us: u64,
     /// Exact largest latency, µs.
     pub latency_max_us: u64,
+    /// Time the completed requests were in flight, µs, from send to completion (errors
+    /// included): divided by the second's length it is the concurrency achieved.
+    #[serde(default)]
+    pub busy_us: u64,
     /// Every response latency, V2 deflate histogram in base64.
     pub histogram: String,
 }

@@ -63,6 +63,17 @@ impl std::str::FromStr for TestType {
     }
 }
 
+/// The largest request mix a spec may carry.
+pub const MAX_MIX: usize = 100;
+/// The most stages a spec may carry.
+pub const MAX_STAGES: usize = 100;
+/// The longest test, seconds: a week. Longer runs are better split into tests.
+pub const MAX_DURATION_S: f64 = 604_800.0;
+/// The highest arrival rate a spec may plan, requests per second over the whole test.
+pub const MAX_RATE: f64 = 10_000_000.0;
+/// The longest grace before abort thresholds are evaluated, seconds.
+pub const MAX_ABORT_GRACE_S: f64 = 3_600.0;
+
 /// A load test as submitted to `POST /tests` or `loadwave run`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -71,38 +82,102 @@ pub struct TestSpec {
     /// A free-form label shown in reports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// The URL every request goes to (`http` or `https`).
-    pub target_url: String,
-    /// `avalanche` (closed model) or `tsunami` (open model with a fixed delay).
+    /// The URL every request goes to (`http` or `https`); or give `requests`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_url: Option<String>,
+    /// A weighted mix of requests instead of one `target_url`; the result shows each
+    /// request's own numbers beside the totals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<Vec<RequestSpec>>,
+    /// `avalanche` (closed model) or `tsunami` (open model).
     pub test_type: TestType,
     /// How many driver nodes take part.
     #[serde(default = "default_drivers")]
     pub drivers: u32,
-    /// How many requests each driver sends in total.
-    pub requests_per_driver: u64,
-    /// Requests in flight per driver at most (one keep-alive connection each).
-    #[serde(default = "default_concurrency")]
-    pub concurrency: u32,
-    /// Tsunami only: the delay between two consecutive requests of one driver.
+    /// How many requests each driver sends at most. A test is bound by this, by its
+    /// duration (`duration_s` or `stages`), or by both (whichever comes first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_driver: Option<u64>,
+    /// How long the test sends, seconds from the common start. Requests in flight at the
+    /// end complete and are counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_s: Option<f64>,
+    /// Connections per driver (requests in flight at most); 10 when not given. Avalanche
+    /// with `stages` takes its concurrency from the stages instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    /// Tsunami: the delay between two consecutive requests of one driver, ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay_ms: Option<f64>,
+    /// Tsunami: requests per second for the whole test, split over its drivers (instead
+    /// of `delay_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
+    /// Linear ramps, each from the previous target (the first from `start_target`):
+    /// for Tsunami the whole test's rate, for Avalanche the concurrency per driver. Their
+    /// total is the test's duration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stages: Option<Vec<Stage>>,
+    /// Where the first stage ramps from (0 when not given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_target: Option<f64>,
     /// How long one request (connect, send, whole response) may take before it counts as
     /// a `timeout` error.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// The HTTP method of `target_url`.
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// Extra request headers (with `requests`, every request of the mix carries them
+    /// unless it sets the same header itself).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// The request body of `target_url`, sent as is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// Pass/fail criteria evaluated on the merged result; `METRIC[{request}] OP VALUE`,
+    /// ending in `abort` to stop the whole test as soon as one breaks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>, example = json!(["p99 < 200ms", "error_rate < 1% abort", "p95{checkout} < 300ms"])))]
+    pub thresholds: Vec<Threshold>,
+    /// Seconds after the start before abort thresholds are evaluated (5 when not given):
+    /// the first second's numbers are too few to judge by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort_grace_s: Option<f64>,
+}
+
+/// One request of a weighted mix.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RequestSpec {
+    /// Its name in the result and in thresholds (`p99{NAME} < 200ms`).
+    pub name: String,
     /// The HTTP method.
     #[serde(default = "default_method")]
     pub method: String,
-    /// Extra request headers.
+    /// The URL (`http` or `https`); requests may go to one host or several.
+    pub url: String,
+    /// Its headers, on top of the spec's own.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
-    /// The request body, sent as is.
+    /// Its body, sent as is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
-    /// Pass/fail criteria evaluated on the merged result.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>, example = json!(["p99 < 200ms", "error_rate < 1%"])))]
-    pub thresholds: Vec<Threshold>,
+    /// Its share of the mix relative to the others' (1 when not given).
+    #[serde(default = "default_weight")]
+    pub weight: f64,
+}
+
+/// One stage of a ramping profile.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    /// How long the ramp to `target` takes, seconds.
+    pub duration_s: f64,
+    /// Tsunami: the whole test's requests per second; Avalanche: connections per driver.
+    pub target: f64,
 }
 
 /// One driver unless asked otherwise: the zero-setup default.
@@ -111,9 +186,11 @@ fn default_drivers() -> u32 {
 }
 
 /// Ten connections per driver: the default of wrk's `-c` and a gentle start for a target.
-fn default_concurrency() -> u32 {
-    10
-}
+pub const DEFAULT_CONCURRENCY: u32 = 10;
+
+/// Five seconds: long enough for percentiles and error rates to mean something, short
+/// enough that a broken target is not loaded for long.
+pub const DEFAULT_ABORT_GRACE_S: f64 = 5.0;
 
 /// Thirty seconds, the request timeout most HTTP clients (and Python's requests users)
 /// reach for; long enough not to turn a slow target into errors.
@@ -125,12 +202,17 @@ fn default_method() -> String {
     "GET".to_string()
 }
 
+/// Every request of a mix counts the same unless weighted.
+fn default_weight() -> f64 {
+    1.0
+}
+
 /// A spec that failed to parse or validate, naming the field at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
 pub struct SpecError {
-    /// The field's JSON name (`target_url`, `headers.X-Foo`, ...), or `body` for a
-    /// document that is not JSON at all.
+    /// The field's JSON name (`target_url`, `headers.X-Foo`, `stages[1].duration_s`,
+    /// ...), or `body` for a document that is not JSON at all.
     pub field: String,
     /// What is wrong with it.
     pub message: String,
@@ -144,6 +226,26 @@ impl SpecError {
             message: message.into(),
         }
     }
+}
+
+/// A request of a test, resolved: a mix's entry, or the spec's `target_url` with its
+/// method, headers and body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedRequest {
+    /// Its name (`request` for a spec without a mix).
+    pub name: String,
+    /// The HTTP method.
+    pub method: String,
+    /// The URL.
+    pub url: String,
+    /// Its headers, the spec's merged under its own.
+    pub headers: BTreeMap<String, String>,
+    /// Its body.
+    pub body: Option<String>,
+    /// Its weight.
+    pub weight: f64,
+    /// The spec field it came from, for errors (`target_url`, `requests[2]`).
+    pub field: String,
 }
 
 impl TestSpec {
@@ -167,7 +269,12 @@ impl TestSpec {
                 // Not JSON at all: no field to name, the document itself is at fault.
                 "body".to_string()
             } else if let Some(named) = field_named_in(&message) {
-                named
+                // serde names the field; the path says where its object is.
+                if path == "." || path == named || path.ends_with(&format!(".{named}")) {
+                    if path == "." { named } else { path }
+                } else {
+                    format!("{path}.{named}")
+                }
             } else if path == "." {
                 "spec".to_string()
             } else {
@@ -179,54 +286,17 @@ impl TestSpec {
         Ok(spec)
     }
 
-    /// Checks every field's range and form.
+    /// Checks every field's range and form, and that the fields fit together.
     pub fn validate(&self) -> Result<(), SpecError> {
-        parse_target_url(&self.target_url)?;
+        self.validate_requests()?;
         if self.drivers == 0 || self.drivers > MAX_DRIVERS {
             return Err(SpecError::new(
                 "drivers",
                 format!("must be between 1 and {MAX_DRIVERS}, got {}", self.drivers),
             ));
         }
-        if self.requests_per_driver == 0 || self.requests_per_driver > MAX_REQUESTS_PER_DRIVER {
-            return Err(SpecError::new(
-                "requests_per_driver",
-                format!(
-                    "must be between 1 and {MAX_REQUESTS_PER_DRIVER}, got {}",
-                    self.requests_per_driver
-                ),
-            ));
-        }
-        if self.concurrency == 0 || self.concurrency > MAX_CONCURRENCY {
-            return Err(SpecError::new(
-                "concurrency",
-                format!(
-                    "must be between 1 and {MAX_CONCURRENCY}, got {}",
-                    self.concurrency
-                ),
-            ));
-        }
-        match (self.test_type, self.delay_ms) {
-            (TestType::Tsunami, None) => {
-                return Err(SpecError::new(
-                    "delay_ms",
-                    "is required for a tsunami test (the delay between two requests of a driver)",
-                ));
-            }
-            (TestType::Tsunami, Some(d)) if !(d.is_finite() && d > 0.0 && d <= 3_600_000.0) => {
-                return Err(SpecError::new(
-                    "delay_ms",
-                    format!("must be a number above 0 and at most 3600000, got {d}"),
-                ));
-            }
-            (TestType::Avalanche, Some(d)) if d != 0.0 => {
-                return Err(SpecError::new(
-                    "delay_ms",
-                    "applies to tsunami tests only; an avalanche sends as fast as the target answers",
-                ));
-            }
-            _ => {}
-        }
+        self.validate_bounds()?;
+        self.validate_pacing()?;
         if self.timeout_ms == 0 || self.timeout_ms > MAX_TIMEOUT_MS {
             return Err(SpecError::new(
                 "timeout_ms",
@@ -236,44 +306,447 @@ impl TestSpec {
                 ),
             ));
         }
-        if http::Method::from_bytes(self.method.as_bytes()).is_err() || self.method.is_empty() {
-            return Err(SpecError::new(
-                "method",
-                format!("`{}` is not a valid HTTP method", self.method),
-            ));
-        }
-        for (name, value) in &self.headers {
-            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err(SpecError::new(
-                    format!("headers.{name}"),
-                    "is not a valid header name",
-                ));
+        let names: Vec<String> = self.request_list().into_iter().map(|r| r.name).collect();
+        for (i, t) in self.thresholds.iter().enumerate() {
+            if let Some(name) = &t.request {
+                if self.requests.is_none() {
+                    return Err(SpecError::new(
+                        format!("thresholds[{i}]"),
+                        format!("`{t}` names request `{name}`, but the test has no requests mix"),
+                    ));
+                }
+                if !names.contains(name) {
+                    return Err(SpecError::new(
+                        format!("thresholds[{i}]"),
+                        format!(
+                            "`{t}` names request `{name}`; the mix has {}",
+                            names.join(", ")
+                        ),
+                    ));
+                }
             }
-            if http::HeaderValue::from_str(value).is_err() {
-                return Err(SpecError::new(
-                    format!("headers.{name}"),
-                    "has a value that is not a valid header value",
-                ));
-            }
         }
-        if let Some(body) = &self.body
-            && body.len() > MAX_BODY_BYTES
+        if let Some(g) = self.abort_grace_s
+            && !(g.is_finite() && (0.0..=MAX_ABORT_GRACE_S).contains(&g))
         {
             return Err(SpecError::new(
-                "body",
-                format!(
-                    "is {} bytes; at most {MAX_BODY_BYTES} are allowed",
-                    body.len()
-                ),
+                "abort_grace_s",
+                format!("must be between 0 and {MAX_ABORT_GRACE_S} seconds, got {g}"),
             ));
         }
         Ok(())
     }
 
-    /// The total number of requests the test will send if every driver finishes.
-    pub fn total_requests(&self) -> u64 {
-        self.requests_per_driver * u64::from(self.drivers)
+    fn validate_requests(&self) -> Result<(), SpecError> {
+        match (&self.target_url, &self.requests) {
+            (Some(_), Some(_)) => {
+                return Err(SpecError::new(
+                    "requests",
+                    "give either target_url or requests, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(SpecError::new(
+                    "target_url",
+                    "is required (or give a requests mix)",
+                ));
+            }
+            (Some(url), None) => {
+                parse_target_url(url)?;
+                check_request(&self.method, &self.headers, self.body.as_deref(), "")?;
+            }
+            (None, Some(mix)) => {
+                if mix.is_empty() {
+                    return Err(SpecError::new("requests", "must hold at least one request"));
+                }
+                if mix.len() > MAX_MIX {
+                    return Err(SpecError::new(
+                        "requests",
+                        format!(
+                            "holds {} requests; at most {MAX_MIX} are allowed",
+                            mix.len()
+                        ),
+                    ));
+                }
+                if self.method != "GET" {
+                    return Err(SpecError::new(
+                        "method",
+                        "applies to target_url; with requests, give each request its own method",
+                    ));
+                }
+                if self.body.is_some() {
+                    return Err(SpecError::new(
+                        "body",
+                        "applies to target_url; with requests, give each request its own body",
+                    ));
+                }
+                check_headers(&self.headers, "headers")?;
+                for (i, r) in mix.iter().enumerate() {
+                    let at = format!("requests[{i}]");
+                    let name = r.name.trim();
+                    if name.is_empty() || name.len() > 64 {
+                        return Err(SpecError::new(
+                            format!("{at}.name"),
+                            "must be 1 to 64 characters",
+                        ));
+                    }
+                    if name.contains(['{', '}', '<', '>']) || name != r.name {
+                        return Err(SpecError::new(
+                            format!("{at}.name"),
+                            format!(
+                                "`{}` may not hold braces or angle brackets, nor start or end with spaces",
+                                r.name
+                            ),
+                        ));
+                    }
+                    if mix[..i].iter().any(|o| o.name == r.name) {
+                        return Err(SpecError::new(
+                            format!("{at}.name"),
+                            format!("`{}` names two requests; names must be unique", r.name),
+                        ));
+                    }
+                    parse_target_url(&r.url)
+                        .map_err(|e| SpecError::new(format!("{at}.url"), e.message))?;
+                    check_request(&r.method, &r.headers, r.body.as_deref(), &format!("{at}."))?;
+                    if !(r.weight.is_finite() && r.weight >= 0.0) {
+                        return Err(SpecError::new(
+                            format!("{at}.weight"),
+                            format!("must be a number of at least 0, got {}", r.weight),
+                        ));
+                    }
+                }
+                if !mix.iter().any(|r| r.weight > 0.0) {
+                    return Err(SpecError::new(
+                        "requests",
+                        "no request has a positive weight, so none would be sent",
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
+
+    fn validate_bounds(&self) -> Result<(), SpecError> {
+        if let Some(n) = self.requests_per_driver
+            && (n == 0 || n > MAX_REQUESTS_PER_DRIVER)
+        {
+            return Err(SpecError::new(
+                "requests_per_driver",
+                format!("must be between 1 and {MAX_REQUESTS_PER_DRIVER}, got {n}"),
+            ));
+        }
+        if let Some(d) = self.duration_s {
+            if !(d.is_finite() && d > 0.0 && d <= MAX_DURATION_S) {
+                return Err(SpecError::new(
+                    "duration_s",
+                    format!("must be above 0 and at most {MAX_DURATION_S} seconds, got {d}"),
+                ));
+            }
+            if self.stages.is_some() {
+                return Err(SpecError::new(
+                    "duration_s",
+                    "with stages, the test lasts as long as they do; give stages or duration_s, not both",
+                ));
+            }
+        }
+        if self.requests_per_driver.is_none() && self.duration_s.is_none() && self.stages.is_none()
+        {
+            return Err(SpecError::new(
+                "requests_per_driver",
+                "is required unless duration_s or stages bound the test",
+            ));
+        }
+        if let Some(c) = self.concurrency
+            && (c == 0 || c > MAX_CONCURRENCY)
+        {
+            return Err(SpecError::new(
+                "concurrency",
+                format!("must be between 1 and {MAX_CONCURRENCY}, got {c}"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_pacing(&self) -> Result<(), SpecError> {
+        match self.test_type {
+            TestType::Avalanche => {
+                if self.delay_ms.is_some_and(|d| d != 0.0) {
+                    return Err(SpecError::new(
+                        "delay_ms",
+                        "applies to tsunami tests only; an avalanche sends as fast as the target answers",
+                    ));
+                }
+                if self.rate.is_some() {
+                    return Err(SpecError::new(
+                        "rate",
+                        "applies to tsunami tests only; an avalanche sends as fast as the target answers (ramp its concurrency with stages)",
+                    ));
+                }
+                if self.stages.is_some() && self.concurrency.is_some() {
+                    return Err(SpecError::new(
+                        "concurrency",
+                        "with stages, each stage's target is the avalanche's concurrency per driver; leave concurrency out",
+                    ));
+                }
+            }
+            TestType::Tsunami => {
+                match (self.delay_ms, self.rate, &self.stages) {
+                    (Some(_), Some(_), _) => {
+                        return Err(SpecError::new(
+                            "rate",
+                            "give delay_ms (per driver) or rate (for the whole test), not both",
+                        ));
+                    }
+                    (Some(_), None, Some(_)) => {
+                        return Err(SpecError::new(
+                            "delay_ms",
+                            "with stages, the rate comes from each stage's target; leave delay_ms out",
+                        ));
+                    }
+                    (None, Some(_), Some(_)) => {
+                        return Err(SpecError::new(
+                            "rate",
+                            "with stages, the rate comes from each stage's target; leave rate out",
+                        ));
+                    }
+                    (None, None, None) => {
+                        return Err(SpecError::new(
+                            "delay_ms",
+                            "is required for a tsunami test (the delay between two requests of a driver), unless rate or stages give its pace",
+                        ));
+                    }
+                    _ => {}
+                }
+                if let Some(d) = self.delay_ms
+                    && !(d.is_finite() && d > 0.0 && d <= 3_600_000.0)
+                {
+                    return Err(SpecError::new(
+                        "delay_ms",
+                        format!("must be a number above 0 and at most 3600000, got {d}"),
+                    ));
+                }
+                if let Some(r) = self.rate
+                    && !(r.is_finite() && r > 0.0 && r <= MAX_RATE)
+                {
+                    return Err(SpecError::new(
+                        "rate",
+                        format!(
+                            "must be a number of requests per second above 0 and at most {MAX_RATE}, got {r}"
+                        ),
+                    ));
+                }
+            }
+        }
+        let (cap, unit) = match self.test_type {
+            TestType::Avalanche => (f64::from(MAX_CONCURRENCY), "connections per driver"),
+            TestType::Tsunami => (MAX_RATE, "requests per second"),
+        };
+        let in_range = |v: f64| v.is_finite() && (0.0..=cap).contains(&v);
+        match &self.stages {
+            None => {
+                if self.start_target.is_some() {
+                    return Err(SpecError::new(
+                        "start_target",
+                        "applies to stages only: it is where the first stage ramps from",
+                    ));
+                }
+            }
+            Some(stages) => {
+                if stages.is_empty() {
+                    return Err(SpecError::new("stages", "must hold at least one stage"));
+                }
+                if stages.len() > MAX_STAGES {
+                    return Err(SpecError::new(
+                        "stages",
+                        format!(
+                            "holds {} stages; at most {MAX_STAGES} are allowed",
+                            stages.len()
+                        ),
+                    ));
+                }
+                if let Some(s) = self.start_target
+                    && !in_range(s)
+                {
+                    return Err(SpecError::new(
+                        "start_target",
+                        format!("must be between 0 and {cap} {unit}, got {s}"),
+                    ));
+                }
+                let mut total = 0.0;
+                for (i, s) in stages.iter().enumerate() {
+                    if !(s.duration_s.is_finite() && s.duration_s > 0.0) {
+                        return Err(SpecError::new(
+                            format!("stages[{i}].duration_s"),
+                            format!("must be above 0 seconds, got {}", s.duration_s),
+                        ));
+                    }
+                    if !in_range(s.target) {
+                        return Err(SpecError::new(
+                            format!("stages[{i}].target"),
+                            format!("must be between 0 and {cap} {unit}, got {}", s.target),
+                        ));
+                    }
+                    total += s.duration_s;
+                }
+                if total > MAX_DURATION_S {
+                    return Err(SpecError::new(
+                        "stages",
+                        format!("last {total} s in all; at most {MAX_DURATION_S} are allowed"),
+                    ));
+                }
+                let peak = stages
+                    .iter()
+                    .map(|s| s.target)
+                    .fold(self.start_target.unwrap_or(0.0), f64::max);
+                match self.test_type {
+                    TestType::Avalanche if peak < 1.0 => {
+                        return Err(SpecError::new(
+                            "stages",
+                            "every target is below one connection, so nothing would be sent",
+                        ));
+                    }
+                    TestType::Tsunami
+                        if crate::profile::Profile::of(self).planned_total() == Some(0) =>
+                    {
+                        return Err(SpecError::new(
+                            "stages",
+                            "plan no request at all (their targets are 0 or too small for their durations)",
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// How long the test sends, seconds: `duration_s`, or the stages' total.
+    pub fn duration(&self) -> Option<f64> {
+        match &self.stages {
+            Some(stages) => Some(stages.iter().map(|s| s.duration_s).sum()),
+            None => self.duration_s,
+        }
+    }
+
+    /// Connections per driver as asked (10 when not given).
+    pub fn concurrency(&self) -> u32 {
+        self.concurrency.unwrap_or(DEFAULT_CONCURRENCY)
+    }
+
+    /// Where the first stage ramps from.
+    pub fn start_target_or_zero(&self) -> f64 {
+        self.start_target.unwrap_or(0.0)
+    }
+
+    /// Seconds after the start before abort thresholds count.
+    pub fn abort_grace_s(&self) -> f64 {
+        self.abort_grace_s.unwrap_or(DEFAULT_ABORT_GRACE_S)
+    }
+
+    /// Whether the spec has a `requests` mix (whose requests the result shows one by one).
+    pub fn is_mix(&self) -> bool {
+        self.requests.is_some()
+    }
+
+    /// The requests the test sends, in order: the mix, or the one `target_url`.
+    pub fn request_list(&self) -> Vec<ResolvedRequest> {
+        match &self.requests {
+            Some(mix) => mix
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let mut headers = self.headers.clone();
+                    for (k, v) in &r.headers {
+                        headers.retain(|name, _| !name.eq_ignore_ascii_case(k));
+                        headers.insert(k.clone(), v.clone());
+                    }
+                    ResolvedRequest {
+                        name: r.name.clone(),
+                        method: r.method.clone(),
+                        url: r.url.clone(),
+                        headers,
+                        body: r.body.clone(),
+                        weight: r.weight,
+                        field: format!("requests[{i}]"),
+                    }
+                })
+                .collect(),
+            None => vec![ResolvedRequest {
+                name: "request".into(),
+                method: self.method.clone(),
+                url: self.target_url.clone().unwrap_or_default(),
+                headers: self.headers.clone(),
+                body: self.body.clone(),
+                weight: 1.0,
+                field: "target_url".into(),
+            }],
+        }
+    }
+
+    /// The target for people: the URL, or the mix's request names.
+    pub fn target_label(&self) -> String {
+        match (&self.target_url, &self.requests) {
+            (Some(url), _) => url.clone(),
+            (None, Some(mix)) => {
+                let names: Vec<&str> = mix.iter().map(|r| r.name.as_str()).collect();
+                format!("{} requests: {}", mix.len(), names.join(", "))
+            }
+            (None, None) => String::new(),
+        }
+    }
+
+    /// The total number of requests the test will send if every driver finishes, when
+    /// that is known in advance (not for a closed-model test bound by time).
+    pub fn total_requests(&self) -> Option<u64> {
+        crate::profile::Profile::of(self).planned_total()
+    }
+}
+
+fn check_headers(headers: &BTreeMap<String, String>, at: &str) -> Result<(), SpecError> {
+    for (name, value) in headers {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(SpecError::new(
+                format!("{at}.{name}"),
+                "is not a valid header name",
+            ));
+        }
+        if http::HeaderValue::from_str(value).is_err() {
+            return Err(SpecError::new(
+                format!("{at}.{name}"),
+                "has a value that is not a valid header value",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a request's method, headers and body; `prefix` is where its fields are
+/// (`requests[2].`, or nothing for the spec's own).
+fn check_request(
+    method: &str,
+    headers: &BTreeMap<String, String>,
+    body: Option<&str>,
+    prefix: &str,
+) -> Result<(), SpecError> {
+    if method.is_empty() || http::Method::from_bytes(method.as_bytes()).is_err() {
+        return Err(SpecError::new(
+            format!("{prefix}method"),
+            format!("`{method}` is not a valid HTTP method"),
+        ));
+    }
+    check_headers(headers, &format!("{prefix}headers"))?;
+    if let Some(body) = body
+        && body.len() > MAX_BODY_BYTES
+    {
+        return Err(SpecError::new(
+            format!("{prefix}body"),
+            format!(
+                "is {} bytes; at most {MAX_BODY_BYTES} are allowed",
+                body.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The parts of a target URL the load engine needs.
@@ -403,10 +876,12 @@ mod tests {
     fn minimal_spec_takes_defaults() {
         let spec = parse(OK).unwrap();
         assert_eq!(spec.drivers, 1);
-        assert_eq!(spec.concurrency, 10);
+        assert_eq!(spec.concurrency(), 10);
         assert_eq!(spec.timeout_ms, 30_000);
         assert_eq!(spec.method, "GET");
-        assert_eq!(spec.total_requests(), 10);
+        assert_eq!(spec.total_requests(), Some(10));
+        assert_eq!(spec.abort_grace_s(), 5.0);
+        assert!(!spec.is_mix());
     }
 
     #[test]
@@ -447,6 +922,169 @@ mod tests {
             assert_eq!(err.field, field, "{json} -> {err}");
             assert!(!err.message.contains("line 1"), "{err}");
         }
+    }
+
+    const T: &str = r#"{"target_url":"http://127.0.0.1:8080/","test_type":"tsunami""#;
+    const A: &str = r#"{"target_url":"http://127.0.0.1:8080/","test_type":"avalanche""#;
+    const MIX: &str = r#"{"test_type":"avalanche","requests_per_driver":10,"requests":["#;
+
+    #[test]
+    fn profile_errors_name_the_field() {
+        let cases: &[(String, &str)] = &[
+            // bounds
+            (format!("{A}}}"), "requests_per_driver"),
+            (format!(r#"{A},"duration_s":0}}"#), "duration_s"),
+            (format!(r#"{A},"duration_s":-3}}"#), "duration_s"),
+            (format!(r#"{A},"duration_s":"30s"}}"#), "duration_s"),
+            (
+                format!(r#"{A},"duration_s":3,"stages":[{{"duration_s":1,"target":2}}]}}"#),
+                "duration_s",
+            ),
+            // rate
+            (format!(r#"{A},"duration_s":3,"rate":100}}"#), "rate"),
+            (format!(r#"{T},"duration_s":3,"rate":100,"delay_ms":5}}"#), "rate"),
+            (format!(r#"{T},"duration_s":3,"rate":0}}"#), "rate"),
+            (format!(r#"{T},"duration_s":3}}"#), "delay_ms"),
+            // stages
+            (format!(r#"{T},"stages":[]}}"#), "stages"),
+            (
+                format!(r#"{T},"stages":[{{"duration_s":2,"target":5}},{{"duration_s":0,"target":5}}]}}"#),
+                "stages[1].duration_s",
+            ),
+            (
+                format!(r#"{T},"stages":[{{"duration_s":2,"target":-1}}]}}"#),
+                "stages[0].target",
+            ),
+            (format!(r#"{T},"stages":[{{"duration_s":2}}]}}"#), "stages[0].target"),
+            (
+                format!(r#"{T},"stages":[{{"duration_s":2,"target":5,"ramp":"x"}}]}}"#),
+                "stages[0].ramp",
+            ),
+            (format!(r#"{T},"stages":[{{"duration_s":2,"target":0}}]}}"#), "stages"),
+            (
+                format!(r#"{T},"rate":5,"stages":[{{"duration_s":2,"target":5}}]}}"#),
+                "rate",
+            ),
+            (
+                format!(r#"{T},"delay_ms":5,"stages":[{{"duration_s":2,"target":5}}]}}"#),
+                "delay_ms",
+            ),
+            (
+                format!(r#"{A},"concurrency":4,"stages":[{{"duration_s":2,"target":5}}]}}"#),
+                "concurrency",
+            ),
+            (
+                format!(r#"{A},"stages":[{{"duration_s":2,"target":0.4}}]}}"#),
+                "stages",
+            ),
+            (
+                format!(r#"{A},"stages":[{{"duration_s":2,"target":20001}}]}}"#),
+                "stages[0].target",
+            ),
+            (format!(r#"{A},"duration_s":2,"start_target":3}}"#), "start_target"),
+            // mixes
+            (format!(r#"{MIX}]}}"#), "requests"),
+            (
+                format!(r#"{MIX}{{"name":"a","url":"http://h/","weight":0}}]}}"#),
+                "requests",
+            ),
+            (
+                format!(r#"{MIX}{{"name":"a","url":"http://h/","weight":-1}}]}}"#),
+                "requests[0].weight",
+            ),
+            (format!(r#"{MIX}{{"name":"a"}}]}}"#), "requests[0].url"),
+            (format!(r#"{MIX}{{"url":"http://h/"}}]}}"#), "requests[0].name"),
+            (
+                format!(r#"{MIX}{{"name":"a","url":"http://h/"}},{{"name":"a","url":"http://h/"}}]}}"#),
+                "requests[1].name",
+            ),
+            (
+                format!(r#"{MIX}{{"name":"a","url":"ftp://h/"}}]}}"#),
+                "requests[0].url",
+            ),
+            (
+                format!(r#"{MIX}{{"name":"a","url":"http://h/","method":"G T"}}]}}"#),
+                "requests[0].method",
+            ),
+            (
+                format!(r#"{MIX}{{"name":"a","url":"http://h/","headers":{{"b c":"1"}}}}]}}"#),
+                "requests[0].headers.b c",
+            ),
+            (
+                format!(r#"{MIX}{{"name":"a{{b}}","url":"http://h/"}}]}}"#),
+                "requests[0].name",
+            ),
+            (
+                r#"{"target_url":"http://h/","test_type":"avalanche","requests_per_driver":1,"requests":[{"name":"a","url":"http://h/"}]}"#.to_string(),
+                "requests",
+            ),
+            (
+                format!(r#"{MIX}{{"name":"a","url":"http://h/"}}],"method":"POST"}}"#),
+                "method",
+            ),
+            (
+                format!(r#"{MIX}{{"name":"a","url":"http://h/"}}],"thresholds":["p99{{b}} < 1ms"]}}"#),
+                "thresholds[0]",
+            ),
+            (
+                format!(r#"{A},"requests_per_driver":1,"thresholds":["p99{{b}} < 1ms"]}}"#),
+                "thresholds[0]",
+            ),
+            (
+                format!(r#"{A},"requests_per_driver":1,"abort_grace_s":-1}}"#),
+                "abort_grace_s",
+            ),
+        ];
+        for (json, field) in cases {
+            let err = parse(json).expect_err(json);
+            assert_eq!(err.field, *field, "{json} -> {err}");
+        }
+    }
+
+    #[test]
+    fn profiles_that_are_fine() {
+        for json in [
+            format!(r#"{A},"duration_s":2.5}}"#),
+            format!(r#"{A},"duration_s":2.5,"requests_per_driver":100}}"#),
+            format!(r#"{T},"rate":250,"duration_s":10}}"#),
+            format!(r#"{T},"rate":250,"requests_per_driver":100}}"#),
+            format!(r#"{T},"delay_ms":4,"duration_s":1}}"#),
+            format!(
+                r#"{T},"start_target":50,"stages":[{{"duration_s":30,"target":200}},{{"duration_s":60,"target":200}},{{"duration_s":10,"target":0}}]}}"#
+            ),
+            format!(
+                r#"{A},"stages":[{{"duration_s":10,"target":50}},{{"duration_s":5,"target":0}}]}}"#
+            ),
+            format!(
+                r#"{MIX}{{"name":"browse","url":"http://h/a","weight":3}},{{"name":"checkout","method":"POST","url":"https://other/b","body":"{{}}","weight":1}}],"thresholds":["p99{{checkout}} < 200ms abort"]}}"#
+            ),
+        ] {
+            let spec = parse(&json).unwrap_or_else(|e| panic!("{json}: {e}"));
+            let again = parse(&serde_json::to_string(&spec).unwrap()).unwrap();
+            assert_eq!(spec, again);
+        }
+        let spec = parse(&format!(
+            r#"{T},"stages":[{{"duration_s":30,"target":200}},{{"duration_s":10,"target":0}}]}}"#
+        ))
+        .unwrap();
+        assert_eq!(spec.duration(), Some(40.0));
+        assert_eq!(spec.total_requests(), Some(3000 + 1000));
+    }
+
+    #[test]
+    fn a_mix_resolves_with_shared_headers() {
+        let spec = parse(&format!(
+            r#"{MIX}{{"name":"a","url":"http://h/a","headers":{{"X-Id":"2"}}}},{{"name":"b","url":"http://h/b","weight":2.5}}],"headers":{{"x-id":"1","auth":"t"}}}}"#
+        ))
+        .unwrap();
+        let list = spec.request_list();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0].headers.get("X-Id").map(String::as_str), Some("2"));
+        assert!(!list[0].headers.contains_key("x-id"));
+        assert_eq!(list[1].headers["x-id"], "1");
+        assert_eq!(list[1].weight, 2.5);
+        assert_eq!(list[0].field, "requests[0]");
+        assert_eq!(spec.target_label(), "2 requests: a, b");
     }
 
     #[test]

@@ -4,6 +4,11 @@
 //! `p50`, `p90`, `p95`, `p99`, `p999`, `max`) take `us`, `ms` (the default) or `s`;
 //! `error_rate` takes a percentage (`1%`) or a fraction (`0.01`); `rps`, `requests` and
 //! `errors` take plain numbers. Operators: `<`, `<=`, `>`, `>=`.
+//!
+//! A metric may name one request of a mix in braces, `p99{checkout} < 200ms`, to be
+//! checked on that request's numbers alone. A trailing `abort` (`error_rate < 5% abort`)
+//! makes the threshold stop the whole test the moment it breaks, judged every second on
+//! the merged data of every driver.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -105,6 +110,10 @@ pub struct Threshold {
     pub op: Op,
     /// The limit in the metric's base unit: milliseconds, a fraction, or a count.
     pub limit: f64,
+    /// The request of the mix it is about (`p99{checkout}`); the whole test when `None`.
+    pub request: Option<String>,
+    /// Whether breaking it stops the test at once.
+    pub abort: bool,
     source: String,
 }
 
@@ -119,17 +128,45 @@ pub struct ThresholdError {
 }
 
 impl Threshold {
-    /// Parses `METRIC OP VALUE[UNIT]`; spaces are optional.
+    /// Parses `METRIC[{request}] OP VALUE[UNIT] [abort]`; spaces are optional.
     pub fn parse(text: &str) -> Result<Threshold, ThresholdError> {
         let fail = |reason: &str| ThresholdError {
             text: text.to_string(),
             reason: reason.to_string(),
         };
-        let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-        let op_at = compact
+        let mut body = text.trim();
+        let mut abort = false;
+        if let Some(cut) = body.len().checked_sub("abort".len())
+            && body.is_char_boundary(cut)
+            && body[cut..].eq_ignore_ascii_case("abort")
+            && body[..cut].ends_with(char::is_whitespace)
+        {
+            abort = true;
+            body = body[..cut].trim_end();
+        }
+        let op_at = body
             .find(['<', '>'])
             .ok_or_else(|| fail("expected an operator: <, <=, > or >="))?;
-        let (name, rest) = compact.split_at(op_at);
+        let (left, rest) = body.split_at(op_at);
+        let left = left.trim();
+        let (name, request) = match left.find('{') {
+            None => (left, None),
+            Some(open) => {
+                let tag = left[open + 1..]
+                    .strip_suffix('}')
+                    .ok_or_else(|| {
+                        fail("a request name goes in braces right after the metric: p99{checkout}")
+                    })?
+                    .trim();
+                if tag.is_empty() || tag.contains(['{', '}']) {
+                    return Err(fail(
+                        "a request name goes in braces right after the metric: p99{checkout}",
+                    ));
+                }
+                (left[..open].trim(), Some(tag.to_string()))
+            }
+        };
+        let rest: String = rest.chars().filter(|c| !c.is_whitespace()).collect();
         let (op, value) = if let Some(v) = rest.strip_prefix("<=") {
             (Op::Le, v)
         } else if let Some(v) = rest.strip_prefix(">=") {
@@ -139,6 +176,11 @@ impl Threshold {
         } else {
             (Op::Gt, &rest[1..])
         };
+        if value.ends_with(|c: char| c.is_ascii_alphabetic())
+            && value.to_ascii_lowercase().ends_with("abort")
+        {
+            return Err(fail("put a space before `abort`"));
+        }
         let metric = Metric::parse(&name.to_ascii_lowercase()).ok_or_else(|| {
             fail("unknown metric; use min, mean, p50, p90, p95, p99, p999, max, error_rate, rps, requests or errors")
         })?;
@@ -172,6 +214,8 @@ impl Threshold {
             metric,
             op,
             limit,
+            request,
+            abort,
             source: text.trim().to_string(),
         })
     }
@@ -228,6 +272,33 @@ mod tests {
             "error_rate < 5",
             "rps > 10ms",
             "< 5",
+        ] {
+            assert!(Threshold::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn abort_and_request_tags() {
+        let t = Threshold::parse("error_rate < 5% abort").unwrap();
+        assert!(t.abort);
+        assert_eq!(
+            (t.metric, t.limit, t.request.as_deref()),
+            (Metric::ErrorRate, 0.05, None)
+        );
+        assert_eq!(t.to_string(), "error_rate < 5% abort");
+        let t = Threshold::parse("p99{checkout} < 200ms").unwrap();
+        assert!(!t.abort);
+        assert_eq!((t.metric, t.limit), (Metric::P99, 200.0));
+        assert_eq!(t.request.as_deref(), Some("checkout"));
+        let t = Threshold::parse("  p95{ add to cart } <= 1s ABORT ").unwrap();
+        assert!(t.abort);
+        assert_eq!(t.request.as_deref(), Some("add to cart"));
+        assert_eq!(t.limit, 1000.0);
+        for bad in [
+            "p99{} < 1ms",
+            "p99{a < 1ms",
+            "p99 < 1msabort",
+            "p99 < 1ms abort abort",
         ] {
             assert!(Threshold::parse(bad).is_err(), "{bad}");
         }

@@ -51,6 +51,8 @@ pub fn report(test: &str, driver: &str, seq: u64, is_final: bool, requests: u64)
             latency_sum_us: latencies.iter().sum(),
             latency_min_us: latencies.first().copied().unwrap_or(0),
             latency_max_us: latencies.last().copied().unwrap_or(0),
+            busy_us: latencies.iter().sum(),
+            request: None,
             histogram: h.to_base64().expect("histogram serializes"),
         }],
         totals: DriverTotals {

@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use loadwave_core::{DriverPhase, TestStatus, TestView};
 use loadwave_proto::threshold::{Metric, Threshold};
+use loadwave_proto::{TestType, describe_load};
 
 /// `12345` → `12,345`.
 pub fn thousands(n: u64) -> String {
@@ -30,8 +31,8 @@ fn ms(v: f64) -> String {
     }
 }
 
-/// One line of live progress: elapsed, counts, the last full second's rate and
-/// percentiles, errors, drivers.
+/// One line of live progress: elapsed, counts, the last full second's rate (beside the
+/// planned one) and percentiles, errors, drivers.
 pub fn progress_line(view: &TestView, now_ms: u64) -> String {
     let elapsed = view
         .start_at_ms
@@ -49,26 +50,31 @@ pub fn progress_line(view: &TestView, now_ms: u64) -> String {
         .iter()
         .filter(|d| d.state == DriverPhase::Running)
         .count();
-    let pct = if s.expected_requests > 0 {
-        100.0 * s.requests as f64 / s.expected_requests as f64
-    } else {
-        0.0
+    let (pct, counts) = match (s.expected_requests, view.spec.duration()) {
+        (Some(expected), _) if expected > 0 => (
+            100.0 * s.requests as f64 / expected as f64,
+            format!("{} / {} req", thousands(s.requests), thousands(expected)),
+        ),
+        (_, Some(total)) if total > 0.0 => (
+            (100.0 * elapsed / total).min(100.0),
+            format!("{} req, {elapsed:.0} / {total:.0} s", thousands(s.requests)),
+        ),
+        _ => (0.0, format!("{} req", thousands(s.requests))),
     };
     let mut line = format!(
-        "[{elapsed:>6.1}s] {:<9} {:>5.1}%  {} / {} req",
+        "[{elapsed:>6.1}s] {:<9} {:>5.1}%  {counts}",
         view.status.as_str(),
         pct,
-        thousands(s.requests),
-        thousands(s.expected_requests),
     );
     if let Some(p) = recent {
-        let _ = write!(
-            line,
-            "  {} rps  p50 {}  p99 {}",
-            thousands(p.requests),
-            ms(p.p50_ms),
-            ms(p.p99_ms)
-        );
+        let _ = write!(line, "  {} rps", thousands(p.requests));
+        if let Some(planned) = p.planned_requests {
+            let _ = write!(line, " (plan {})", thousands(planned));
+        }
+        if let Some(planned) = p.planned_concurrency {
+            let _ = write!(line, "  conc {:.1} (plan {planned:.1})", p.concurrency);
+        }
+        let _ = write!(line, "  p50 {}  p99 {}", ms(p.p50_ms), ms(p.p99_ms));
     }
     let _ = write!(
         line,
@@ -100,15 +106,10 @@ pub fn summary_table(view: &TestView) -> String {
     let title = spec.name.as_deref().unwrap_or("loadwave");
     let _ = writeln!(
         out,
-        "{title} · {} · {} · {} driver(s) × {} requests, concurrency {}{}",
+        "{title} · {} · {} · {}",
         spec.test_type,
-        spec.target_url,
-        spec.drivers,
-        thousands(spec.requests_per_driver),
-        spec.concurrency,
-        spec.delay_ms
-            .map(|d| format!(", one request every {d} ms per driver"))
-            .unwrap_or_default()
+        spec.target_label(),
+        describe_load(spec)
     );
     let _ = writeln!(out);
     let _ = writeln!(
@@ -120,11 +121,23 @@ pub fn summary_table(view: &TestView) -> String {
             .map(|e| format!(" ({e})"))
             .unwrap_or_default()
     );
+    if let Some(a) = &view.aborted {
+        let _ = writeln!(
+            out,
+            "  aborted       {:.1} s in: `{}` broke (measured {})",
+            a.at_s,
+            a.threshold,
+            format_actual(&a.threshold, a.actual)
+        );
+    }
+    let of = s
+        .expected_requests
+        .map(|n| format!(" of {}", thousands(n)))
+        .unwrap_or_default();
     let _ = writeln!(
         out,
-        "  requests      {} of {} in {:.2} s  ({} rps)",
+        "  requests      {}{of} in {:.2} s  ({} rps)",
         thousands(s.requests),
-        thousands(s.expected_requests),
         s.duration_s,
         thousands(s.rps.round() as u64)
     );
@@ -134,7 +147,7 @@ pub fn summary_table(view: &TestView) -> String {
         thousands(s.errors),
         s.error_rate * 100.0
     );
-    if spec.delay_ms.is_some() {
+    if spec.test_type == TestType::Tsunami {
         let _ = writeln!(
             out,
             "  late          {} waited more than 1 ms past their due time for a free connection",
@@ -190,6 +203,32 @@ pub fn summary_table(view: &TestView) -> String {
             kinds.join("  ")
         }
     );
+    if !s.by_request.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "  {:<20} {:>12} {:>7} {:>8} {:>10} {:>10} {:>10} {:>10}",
+            "request", "requests", "share", "errors", "p50", "p90", "p99", "max"
+        );
+        for r in &s.by_request {
+            let _ = writeln!(
+                out,
+                "  {:<20} {:>12} {:>6.1}% {:>8} {:>10} {:>10} {:>10} {:>10}",
+                r.name,
+                thousands(r.requests),
+                if s.requests > 0 {
+                    100.0 * r.requests as f64 / s.requests as f64
+                } else {
+                    0.0
+                },
+                thousands(r.errors),
+                ms(r.latency_ms.p50),
+                ms(r.latency_ms.p90),
+                ms(r.latency_ms.p99),
+                ms(r.latency_ms.max)
+            );
+        }
+    }
     let _ = writeln!(out);
     let _ = writeln!(
         out,
@@ -207,10 +246,10 @@ pub fn summary_table(view: &TestView) -> String {
             ms(d.latency_ms.p50),
             ms(d.latency_ms.p99),
             d.health.cpu_percent,
-            if d.missing_requests > 0 {
-                format!("  ({} requests missing)", thousands(d.missing_requests))
-            } else {
-                String::new()
+            match (d.missing_requests, d.missing_s) {
+                (n, _) if n > 0 => format!("  ({} requests missing)", thousands(n)),
+                (_, Some(secs)) if secs > 0.0 => format!("  (last {secs:.1} s missing)"),
+                _ => String::new(),
             }
         );
     }

@@ -416,3 +416,390 @@ fn ctrl_c_stops_the_test_and_keeps_exact_counts() {
             .all(|d| d["state"] == "stopped")
     );
 }
+
+/// One second of a run's timeline: (second, requests, planned requests, achieved
+/// concurrency, planned concurrency).
+type Second = (u64, u64, Option<u64>, f64, Option<f64>);
+
+/// Per-second figures of a run's timeline.
+fn timeline(json: &Value) -> Vec<Second> {
+    json["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                u(&p["second"]),
+                u(&p["requests"]),
+                p["planned_requests"].as_u64(),
+                p["concurrency"].as_f64().unwrap(),
+                p["planned_concurrency"].as_f64(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_duration_ends_the_test_and_in_flight_requests_are_counted() {
+    // Every request takes 50 ms, so the end always finds some in flight.
+    let target = Target::start(&[]);
+    let started = Instant::now();
+    let (code, json, stderr) = run_json(&[
+        "--target-url",
+        &target.url("/ping?delay_ms=50"),
+        "--test-type",
+        "avalanche",
+        "--drivers",
+        "2",
+        "--concurrency",
+        "4",
+        "--duration",
+        "3s",
+    ]);
+    let wall = started.elapsed();
+    assert_eq!(code, 0, "{stderr}");
+    let s = &json["summary"];
+    assert_eq!(json["status"], "completed");
+    assert_eq!(
+        s["expected_requests"],
+        Value::Null,
+        "a time-bound closed test has no count"
+    );
+    let requests = u(&s["requests"]);
+    assert_eq!(
+        requests,
+        u(&target.metrics()["requests"]),
+        "the target saw every request once"
+    );
+    assert_eq!(u(&target.metrics()["in_flight"]), 0);
+    // 8 connections × 20 requests a second × 3 s, give or take the machine.
+    assert!((300..=480).contains(&requests), "{requests}");
+    // The last request left before 3 s and took 50 ms: the run ends within that.
+    let duration = s["duration_s"].as_f64().unwrap();
+    assert!(
+        (3.0..3.0 + 0.05 + 0.25).contains(&duration),
+        "ran {duration} s"
+    );
+    assert!(wall < Duration::from_secs(6), "{wall:?}");
+    let seconds = timeline(&json);
+    assert!(
+        seconds.iter().take(3).all(|p| p.4 == Some(8.0)),
+        "{seconds:?}"
+    );
+    assert!(
+        json["drivers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["state"] == "completed")
+    );
+}
+
+#[test]
+fn a_ramping_arrival_rate_delivers_each_seconds_plan() {
+    // 0 → 400/s over 2 s, then down to 200/s over 2 s, split over two drivers:
+    // 100, 300, 350 and 250 requests due in its four seconds.
+    let target = Target::start(&[]);
+    let (code, json, stderr) = run_json(&[
+        "--target-url",
+        &target.url("/ping"),
+        "--test-type",
+        "tsunami",
+        "--drivers",
+        "2",
+        "--stage",
+        "2s:400",
+        "--stage",
+        "2s:200",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let s = &json["summary"];
+    assert_eq!(u(&s["expected_requests"]), 1000);
+    let requests = u(&s["requests"]);
+    assert!(requests.abs_diff(1000) <= 10, "{requests} of 1000 planned");
+    assert_eq!(requests, u(&target.metrics()["requests"]));
+    let seconds = timeline(&json);
+    let planned: Vec<Option<u64>> = seconds.iter().take(4).map(|p| p.2).collect();
+    assert_eq!(planned, vec![Some(100), Some(300), Some(350), Some(250)]);
+    for &(second, got, plan, _, _) in seconds.iter().take(4) {
+        let plan = plan.unwrap();
+        assert!(
+            got.abs_diff(plan) * 20 <= plan,
+            "second {second}: {got} of {plan} planned; {seconds:?}"
+        );
+    }
+    // Both drivers paced their half from the common start.
+    for d in json["drivers"].as_array().unwrap() {
+        assert_eq!(u(&d["expected_requests"]), 500);
+        assert_eq!(u(&d["requests"]), 500);
+    }
+}
+
+#[test]
+fn ramping_concurrency_holds_the_connections_it_plans() {
+    // Each driver ramps 0 → 8 connections over 2 s, holds 8 for a second, then retires
+    // six of them over the last: 2, 6, 8 and 5 on average per driver in its four seconds.
+    let target = Target::start(&[]);
+    let (code, json, stderr) = run_json(&[
+        "--target-url",
+        &target.url("/ping?delay_ms=20"),
+        "--test-type",
+        "avalanche",
+        "--drivers",
+        "2",
+        "--stage",
+        "2s:8",
+        "--stage",
+        "1s:8",
+        "--stage",
+        "1s:2",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let seconds = timeline(&json);
+    let planned: Vec<Option<f64>> = seconds.iter().take(4).map(|p| p.4).collect();
+    assert_eq!(planned, vec![Some(4.0), Some(12.0), Some(16.0), Some(10.0)]);
+    for &(second, _, _, got, plan) in seconds.iter().take(4) {
+        let plan = plan.unwrap();
+        assert!(
+            (got - plan).abs() <= 0.15 * plan + 0.3,
+            "second {second}: {got} in flight against {plan} planned; {seconds:?}"
+        );
+    }
+    assert_eq!(
+        u(&json["summary"]["requests"]),
+        u(&target.metrics()["requests"])
+    );
+    // Every driver's eight workers got a connection of their own at the peak.
+    assert!(u(&target.metrics()["connections"]) >= 16);
+}
+
+#[test]
+fn a_weighted_mix_reports_each_request_on_its_own() {
+    let target = Target::start(&[]);
+    let dir = std::env::temp_dir().join(format!("loadwave-mix-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("mix.json");
+    std::fs::write(
+        &path,
+        serde_json::json!({
+            "name": "shop",
+            "test_type": "avalanche",
+            "drivers": 2,
+            "requests_per_driver": 2000,
+            "concurrency": 4,
+            "headers": {"x-suite": "mix"},
+            "requests": [
+                {"name": "browse", "url": target.url("/ping"), "weight": 3},
+                {"name": "checkout", "method": "POST", "url": target.url("/ping?delay_ms=5"),
+                 "body": "{\"cart\":1}", "weight": 1},
+            ],
+            "thresholds": ["p99{browse} < 5s", "p50{checkout} < 1ms"],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let (code, json, stderr) = run_json(&["--spec", path.to_str().unwrap()]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, 1, "p50{{checkout}} cannot be under 1 ms: {stderr}");
+    let s = &json["summary"];
+    assert_eq!(u(&s["requests"]), 4000);
+    assert_eq!(u(&target.metrics()["requests"]), 4000);
+    let by = s["by_request"].as_array().unwrap();
+    let (browse, checkout) = (&by[0], &by[1]);
+    assert_eq!(
+        (browse["name"].as_str(), checkout["name"].as_str()),
+        (Some("browse"), Some("checkout"))
+    );
+    let (b, c) = (u(&browse["requests"]), u(&checkout["requests"]));
+    assert_eq!(b + c, 4000);
+    assert!((b as f64 / c as f64 - 3.0).abs() <= 0.15, "{b}:{c}");
+    assert_eq!(u(&checkout["status_codes"]["200"]), c);
+    // Each request's percentiles come from its own histogram.
+    let p50 = |r: &Value| r["latency_ms"]["p50"].as_f64().unwrap();
+    assert!(p50(checkout) >= 5.0, "{checkout}");
+    assert!(p50(browse) < 5.0, "{browse}");
+    let checks = json["verdict"]["checks"].as_array().unwrap();
+    assert_eq!(checks[0]["passed"], true);
+    assert_eq!(checks[1]["passed"], false);
+    assert_eq!(checks[1]["actual"].as_f64(), Some(p50(checkout)));
+    // The timeline splits the same way.
+    let per_second: u64 = json["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| u(&p["by_request"][1]["requests"]))
+        .sum();
+    assert_eq!(per_second, c);
+}
+
+#[test]
+fn an_abort_threshold_stops_a_long_test_early_with_every_request_counted() {
+    // A 60 s test against a target that answers 500 to everything: the abort threshold
+    // stops it once its default grace of 5 s has passed.
+    let target = Target::start(&[]);
+    let started = Instant::now();
+    let (code, json, stderr) = run_json(&[
+        "--target-url",
+        &target.url("/ping?status=500"),
+        "--test-type",
+        "tsunami",
+        "--drivers",
+        "2",
+        "--rate",
+        "200",
+        "--duration",
+        "60s",
+        "--threshold",
+        "error_rate < 5% abort",
+        "--threshold",
+        "p99 < 10s",
+    ]);
+    let wall = started.elapsed();
+    assert_eq!(code, 1, "{stderr}");
+    assert!(wall < Duration::from_secs(12), "took {wall:?}");
+    assert_eq!(json["status"], "stopped");
+    let aborted = &json["aborted"];
+    assert_eq!(aborted["threshold"], "error_rate < 5% abort");
+    assert_eq!(aborted["actual"].as_f64(), Some(1.0));
+    let at = aborted["at_s"].as_f64().unwrap();
+    assert!((5.0..7.5).contains(&at), "aborted at {at} s");
+    let reasons = json["verdict"]["reasons"].as_array().unwrap();
+    assert!(
+        reasons[0].as_str().unwrap().starts_with("aborted"),
+        "{reasons:?}"
+    );
+    let requests = u(&json["summary"]["requests"]);
+    assert_eq!(
+        requests,
+        u(&target.metrics()["requests"]),
+        "in-flight requests were counted"
+    );
+    assert!((1000..1600).contains(&requests), "{requests}");
+    for d in json["drivers"].as_array().unwrap() {
+        assert_eq!(d["state"], "stopped");
+        assert_eq!(u(&d["expected_requests"]), 6000);
+        assert_eq!(u(&d["missing_requests"]), 6000 - u(&d["requests"]));
+    }
+}
+
+#[test]
+fn bad_profile_flags_exit_2_and_name_the_flag() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--test-type", "avalanche", "--duration", "3x"],
+            "--duration",
+        ),
+        (
+            &["--test-type", "avalanche", "--duration", "30"],
+            "--duration",
+        ),
+        (&["--test-type", "tsunami", "--stage", "0s:10"], "--stage"),
+        (&["--test-type", "tsunami", "--stage", "5s"], "--stage"),
+        (
+            &["--test-type", "avalanche", "--rate", "100", "-n", "10"],
+            "--rate",
+        ),
+        (
+            &[
+                "--test-type",
+                "tsunami",
+                "--rate",
+                "100",
+                "--delay-ms",
+                "2",
+                "-n",
+                "10",
+            ],
+            "--rate",
+        ),
+        (
+            &["--test-type", "tsunami", "--rate=-5", "-n", "10"],
+            "--rate",
+        ),
+        (
+            &[
+                "--test-type",
+                "avalanche",
+                "--stage",
+                "1s:4",
+                "--duration",
+                "2s",
+            ],
+            "--duration",
+        ),
+        (&["--test-type", "avalanche", "--stage", "1s:0"], "--stage"),
+        (
+            &[
+                "--test-type",
+                "avalanche",
+                "-n",
+                "5",
+                "--threshold",
+                "p99 < 1ms abortt",
+            ],
+            "--threshold",
+        ),
+        (
+            &[
+                "--test-type",
+                "avalanche",
+                "-n",
+                "5",
+                "--threshold",
+                "p99{x} < 1ms",
+            ],
+            "--threshold",
+        ),
+        (
+            &["--test-type", "avalanche", "-n", "5", "--abort-grace=-1s"],
+            "--abort-grace",
+        ),
+        (
+            &["--test-type", "avalanche"],
+            "--requests-per-driver is required unless --duration or --stage",
+        ),
+    ];
+    for (args, named) in cases {
+        let out = loadwave()
+            .args(["run", "--target-url", "http://127.0.0.1:9/"])
+            .args(*args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(named),
+            "{args:?} should name {named}: {stderr}"
+        );
+    }
+    // A mix's errors name the spec file's field.
+    let dir = std::env::temp_dir().join(format!("loadwave-badmix-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("mix.json");
+    for (mix, field) in [
+        (
+            serde_json::json!([{"name": "a", "url": "http://127.0.0.1:9/", "weight": 0}]),
+            "field `requests`",
+        ),
+        (
+            serde_json::json!([{"name": "a", "url": "ftp://127.0.0.1:9/"}]),
+            "field `requests[0].url`",
+        ),
+        (serde_json::json!([]), "field `requests`"),
+    ] {
+        std::fs::write(
+            &path,
+            serde_json::json!({"test_type": "avalanche", "requests_per_driver": 1, "requests": mix})
+                .to_string(),
+        )
+        .unwrap();
+        let out = loadwave()
+            .args(["run", "--spec", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(field), "{field}: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
