@@ -173,11 +173,11 @@ count_idle_drivers() {
   http_get 127.0.0.1 "$ORCHESTRATOR_PORT" /drivers | grep -o '"state":"idle"' | wc -l
 }
 
-# wait_stack SECONDS: the orchestrator and the target answer /healthz and $DRIVERS drivers
-# are idle in the pool.
+# wait_stack SECONDS: the orchestrator is ready (/readyz: up and its Kafka reachable), the
+# target answers /healthz and $DRIVERS drivers are idle in the pool.
 wait_stack() {
   local limit=${1:-120} start=$SECONDS
-  wait_http 127.0.0.1 "$ORCHESTRATOR_PORT" /healthz "$limit" || return 1
+  wait_http 127.0.0.1 "$ORCHESTRATOR_PORT" /readyz "$limit" || return 1
   wait_http 127.0.0.1 "$TARGET_PORT" /healthz $((limit - SECONDS + start)) || return 1
   while ((SECONDS - start < limit)); do
     [[ $(count_idle_drivers) -ge $DRIVERS ]] && return 0

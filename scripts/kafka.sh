@@ -88,6 +88,9 @@ transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
+# The log cleaner's dedupe buffer (128 MiB by default) is allocated when the broker starts
+# on data with a compacted topic (__consumer_offsets): too much for a small test heap.
+log.cleaner.dedupe.buffer.size=16777216
 PROPS
   if [[ -n $KAFKA_TLS_PORT ]]; then
     make_test_ca "$KAFKA_TLS_DIR" || die "making the test certificates in $KAFKA_TLS_DIR failed"

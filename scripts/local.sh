@@ -46,8 +46,8 @@ up() {
   log "starting loadwave-orchestrator on $API (pool launcher, data in .local/orchestrator)"
   start_bg orchestrator "$BIN/loadwave-orchestrator" --listen "127.0.0.1:$ORCHESTRATOR_PORT" \
     --brokers "127.0.0.1:$KAFKA_PORT" --data-dir "$STATE_DIR/orchestrator" --launcher pool
-  wait_http 127.0.0.1 "$ORCHESTRATOR_PORT" /healthz 30 \
-    || die "the orchestrator did not come up; see $STATE_DIR/orchestrator.log"
+  wait_http 127.0.0.1 "$ORCHESTRATOR_PORT" /readyz 30 \
+    || die "the orchestrator did not become ready (/readyz); see $STATE_DIR/orchestrator.log"
 
   log "starting $DRIVERS pool drivers"
   for i in $(seq "$DRIVERS"); do

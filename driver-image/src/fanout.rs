@@ -53,6 +53,10 @@ impl Bus for FanoutBus {
         self.inner.publish_raw(topic, key, payload).await
     }
 
+    fn health(&self) -> loadwave_bus::BusState {
+        self.inner.health()
+    }
+
     async fn subscribe(&self, topics: &[Topic], name: &str) -> Result<Subscription, BusError> {
         if topics.len() != SHARED.len() || !SHARED.iter().all(|t| topics.contains(t)) {
             return self.inner.subscribe(topics, name).await;

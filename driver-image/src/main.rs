@@ -4,7 +4,9 @@
 //! orchestrator assigns to it and stays up. With `--test-id ID` it serves that one test
 //! and exits, which is how the orchestrator's process launcher (and ECS tasks) run it.
 //! SIGTERM or Ctrl-C stops a running test gracefully (in-flight requests finish and are
-//! reported) before the process exits.
+//! reported) before the process exits, within 10 s whatever the broker's state: what
+//! cannot be delivered in time is logged as lost with its counts, and a second signal
+//! exits at once.
 //!
 //! ```text
 //! loadwave-driver --brokers 127.0.0.1:9092 [--topic-prefix P] [--kafka-auth none|tls|msk-iam]
@@ -102,6 +104,8 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour for people at a terminal, plain text in log files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let host = host_name();
     let driver_id = match args.driver_id.clone() {
@@ -114,6 +118,9 @@ async fn main() -> anyhow::Result<()> {
             }
         },
     };
+    // Signals first: a stop asked for while Kafka is still being reached is bounded too.
+    let shutdown = CancellationToken::new();
+    loadwave_bus::stop::on_signals(shutdown.clone(), 1).context("cannot listen for signals")?;
     let mut config = args.kafka.config().map_err(anyhow::Error::msg)?;
     // A driver joining late must not replay old tests' configurations and triggers.
     config.auto_offset_reset = "latest".to_string();
@@ -127,15 +134,6 @@ async fn main() -> anyhow::Result<()> {
         None => AgentMode::Pool,
     };
     tracing::info!(%driver_id, ?mode, "driver up");
-    let shutdown = CancellationToken::new();
-    tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            shutdown_signal().await;
-            tracing::info!("shutting down");
-            shutdown.cancel();
-        }
-    });
     let monitor = SysMonitor::spawn();
     if args.agents == 1 {
         let agent = AgentConfig {
@@ -143,7 +141,8 @@ async fn main() -> anyhow::Result<()> {
             host,
             mode,
         };
-        run_agent(bus, agent, monitor, shutdown).await?;
+        run_agent(bus.clone(), agent, monitor, shutdown).await?;
+        leave(&*bus);
         return Ok(());
     }
     let bus: Arc<dyn Bus> = Arc::new(fanout::FanoutBus::new(bus, driver_id.clone()));
@@ -166,14 +165,17 @@ async fn main() -> anyhow::Result<()> {
         // a single driver.
         done??;
     }
+    leave(&*bus);
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// The agents are done (their reports delivered, or logged as lost); with the broker
+/// gone, closing the Kafka clients would wait for it, so the process leaves without.
+fn leave(bus: &dyn Bus) {
+    if !bus.health().reachable {
+        tracing::info!(
+            "stopped; leaving without closing the Kafka clients (the broker is unreachable)"
+        );
+        std::process::exit(0);
     }
 }

@@ -9,6 +9,15 @@
 //! it, which on Kafka commits the offset (at-least-once delivery; the orchestrator's fold
 //! is idempotent, so a re-delivery changes nothing). A payload that does not decode is
 //! logged, counted and skipped by [`Subscription::next_message`], never fatal.
+//!
+//! [`health`] keeps a process's view of whether its bus can be reached (and says so in
+//! the log once, not per failure); [`stop`] ends a process in bounded time on SIGTERM or
+//! Ctrl-C, whatever the bus is doing.
+
+pub mod health;
+pub mod stop;
+
+pub use health::{BusHealth, BusState};
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -138,6 +147,14 @@ pub trait Bus: Send + Sync + 'static {
     async fn publish(&self, message: &Message) -> Result<(), BusError> {
         self.publish_raw(message.topic(), message.key(), message.encode())
             .await
+    }
+
+    /// Whether the transport can reach its broker. An in-process bus always can.
+    fn health(&self) -> BusState {
+        BusState {
+            reachable: true,
+            since_ms: 0,
+        }
     }
 }
 

@@ -7,7 +7,9 @@
 //! dedicated agent (one test, as in `loadwave run` or an ECS task) returns.
 //!
 //! Publishing retries until it succeeds, in order, so a bus that is away for a while
-//! delays reports but loses none.
+//! delays reports but loses none. Once the agent is told to shut down, what it still
+//! holds gets [`FLUSH_GRACE`] to go out; what does not is logged as lost, with its counts.
+//! An unreachable bus is told once by the transport (its health), not per retry here.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,6 +31,9 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 pub const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// How long after each second's end its report goes out.
 const REPORT_GRACE: Duration = Duration::from_millis(100);
+/// How long an agent told to shut down keeps trying to deliver a message: long enough for
+/// a broker that answers, short enough to stay within the process's stop deadline.
+pub const FLUSH_GRACE: Duration = Duration::from_secs(4);
 
 /// Whether the agent serves many tests or one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,7 +99,8 @@ pub async fn run_agent(
         shutdown.child_token(),
     ));
     let _stop_heartbeats = HeartbeatGuard(heartbeat);
-    publish(&*bus, &register(&config, None), &shutdown).await;
+    let give_up = GiveUp::new(shutdown.clone());
+    let _ = publish(&*bus, &register(&config, None), &give_up).await;
 
     let mut configured: Option<TestConfig> = None;
     let mut running: Option<Running> = None;
@@ -131,7 +137,7 @@ pub async fn run_agent(
                             tracing::debug!(test_id = %cfg.test_id, "ignoring test config");
                         } else if running.is_none() {
                             set_status(&status, Activity::Configured, Some(cfg.test_id.clone()));
-                            publish(&*bus, &register(&config, Some(cfg.test_id.clone())), &shutdown).await;
+                            let _ = publish(&*bus, &register(&config, Some(cfg.test_id.clone())), &give_up).await;
                             configured = Some(cfg);
                         }
                     }
@@ -148,7 +154,7 @@ pub async fn run_agent(
                                     start_at_ms,
                                     monitor.clone(),
                                     stop.clone(),
-                                    shutdown.clone(),
+                                    give_up.clone(),
                                 ));
                                 running = Some(Running { test_id: cfg.test_id, task, stop });
                             }
@@ -218,28 +224,60 @@ async fn heartbeats(
             activity: now.activity,
             test_id: now.test_id,
         });
-        // A missed heartbeat is not worth queueing: the next one says the same.
+        // A missed heartbeat is not worth queueing: the next one says the same. (An
+        // unreachable bus is the transport's to tell, once.)
         if let Err(err) = bus.publish(&beat).await {
-            tracing::warn!(%err, "heartbeat not published");
+            tracing::debug!(%err, "heartbeat not published");
         }
     }
 }
 
-/// Publishes, retrying with backoff until it succeeds or the agent shuts down.
-async fn publish(bus: &dyn Bus, message: &Message, shutdown: &CancellationToken) {
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        match bus.publish(message).await {
-            Ok(()) => return,
-            Err(err) => {
-                tracing::warn!(%err, ?backoff, "publish failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.cancelled() => return,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
+/// When an agent stops trying to deliver: [`FLUSH_GRACE`] after its shutdown, one
+/// instant for every publish it still has going (a report in flight and the final one
+/// share the grace rather than taking one each).
+#[derive(Clone)]
+struct GiveUp {
+    shutdown: CancellationToken,
+    at: Arc<std::sync::OnceLock<tokio::time::Instant>>,
+}
+
+impl GiveUp {
+    fn new(shutdown: CancellationToken) -> Self {
+        GiveUp {
+            shutdown,
+            at: Arc::default(),
         }
+    }
+
+    /// Resolves at the give-up instant (never, if the agent is not shut down).
+    async fn reached(&self) {
+        self.shutdown.cancelled().await;
+        let at = *self
+            .at
+            .get_or_init(|| tokio::time::Instant::now() + FLUSH_GRACE);
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+/// Publishes, retrying with backoff until it succeeds or, once the agent shuts down,
+/// until it gives up. Whether it went out.
+async fn publish(bus: &dyn Bus, message: &Message, give_up: &GiveUp) -> bool {
+    let mut backoff = Duration::from_millis(50);
+    let deadline = give_up.reached();
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            sent = bus.publish(message) => match sent {
+                Ok(()) => return true,
+                Err(err) => tracing::debug!(%err, ?backoff, "publish failed; retrying"),
+            },
+            _ = &mut deadline => return false,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = &mut deadline => return false,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 
@@ -262,8 +300,9 @@ async fn execute(
     start_at_ms: u64,
     monitor: Arc<SysMonitor>,
     stop: CancellationToken,
-    shutdown: CancellationToken,
+    give_up: GiveUp,
 ) {
+    let shutdown = give_up.shutdown.clone();
     let start = instant_at(start_at_ms);
     let mut reporter = Reporter {
         bus: bus.clone(),
@@ -275,7 +314,7 @@ async fn execute(
         elapsed_us: 0,
         start_delay_us: None,
         send_lag: None,
-        shutdown: shutdown.clone(),
+        give_up,
     };
     let plan = match Plan::from_spec(&cfg.spec, cfg.driver_index).await {
         Ok(plan) => plan,
@@ -330,7 +369,7 @@ struct Reporter {
     elapsed_us: u64,
     start_delay_us: Option<u64>,
     send_lag: Option<SendLag>,
-    shutdown: CancellationToken,
+    give_up: GiveUp,
 }
 
 impl Reporter {
@@ -354,6 +393,18 @@ impl Reporter {
             health: self.health.sample(),
         });
         self.seq += 1;
-        publish(&*self.bus, &report, &self.shutdown).await;
+        if !publish(&*self.bus, &report, &self.give_up).await {
+            let requests: u64 = buckets.iter().map(|b| b.requests).sum();
+            let errors: u64 = buckets.iter().map(|b| b.errors).sum();
+            tracing::error!(
+                test_id = %self.test_id,
+                report = self.seq - 1,
+                is_final,
+                requests,
+                errors,
+                sent_in_all = self.totals.requests,
+                "report not delivered before shutting down: its requests are lost to the test's results"
+            );
+        }
     }
 }

@@ -5,15 +5,22 @@
 //! from the standard AWS credential chain). librdkafka asks for a fresh token through its
 //! token-refresh callback shortly before the current one expires; [`AuthContext`] answers
 //! it with [`MskIamTokens`].
+//!
+//! The context is also where librdkafka's own error and log callbacks arrive: once a bus
+//! owns the client ([`AuthContext::with_health`]), trouble reaching the broker goes to the
+//! bus's [`BusHealth`] (one line when it starts, one when it ends) instead of a line per
+//! callback, several a second for as long as the broker is away.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use aws_config::Region;
 use aws_msk_iam_sasl_signer::generate_auth_token;
+use loadwave_bus::BusHealth;
 use rdkafka::client::{ClientContext, OAuthToken};
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::RDKafkaErrorCode;
 
 /// Options a [`KafkaAuth`] other than `none` sets itself; a raw option may not override
 /// them.
@@ -122,6 +129,8 @@ impl MskIamTokens {
 #[derive(Clone, Default)]
 pub struct AuthContext {
     iam: Option<Arc<MskIamTokens>>,
+    /// Where connectivity trouble goes instead of the log, once a bus owns the client.
+    health: Option<Arc<BusHealth>>,
 }
 
 impl AuthContext {
@@ -129,7 +138,15 @@ impl AuthContext {
     pub fn for_auth(auth: KafkaAuth) -> AuthContext {
         AuthContext {
             iam: (auth == KafkaAuth::MskIam).then(|| Arc::new(MskIamTokens::default())),
+            health: None,
         }
+    }
+
+    /// The same context, telling `health` about an unreachable broker rather than
+    /// logging every callback librdkafka makes about it.
+    pub fn with_health(mut self, health: Arc<BusHealth>) -> AuthContext {
+        self.health = Some(health);
+        self
     }
 
     /// The token source, for MSK IAM.
@@ -140,6 +157,14 @@ impl AuthContext {
 
 impl ClientContext for AuthContext {
     const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.route_log(level, fac, log_message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.route_error(&error, reason);
+    }
 
     fn generate_oauth_token(
         &self,
@@ -166,6 +191,79 @@ impl ClientContext for AuthContext {
 }
 
 impl ConsumerContext for AuthContext {}
+
+/// Whether a client error means the broker cannot be reached (as opposed to a fault of
+/// configuration or of a request).
+fn is_connectivity(code: Option<RDKafkaErrorCode>) -> bool {
+    matches!(
+        code,
+        Some(
+            RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::Resolve
+                | RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::BrokerNotAvailable
+                | RDKafkaErrorCode::NetworkException
+        )
+    )
+}
+
+/// librdkafka log facilities that narrate a broker's absence (connection attempts,
+/// timed-out requests and sessions, leaders not found, the idempotent producer waiting for
+/// its id): during an outage they repeat at every reconnect, and the outage is told once
+/// through the bus's health instead. Configuration, TLS and SASL complaints stay loud.
+const CONNECTION_FACILITIES: [&str; 13] = [
+    "FAIL",
+    "ERROR",
+    "CONNECT",
+    "BROKERFAIL",
+    "REQTMOUT",
+    "RETRY",
+    "SESSTMOUT",
+    "HEARTBEAT",
+    "METADATAUPDATE",
+    "METADATA",
+    "GETPID",
+    "COMMITFAIL",
+    "CGRPQUERY",
+];
+
+impl AuthContext {
+    fn route_error(&self, error: &rdkafka::error::KafkaError, reason: &str) {
+        if self.health.is_some() && is_connectivity(error.rdkafka_error_code()) {
+            // The bus's probe decides when the broker is gone and back (one source, so
+            // the log does not flap between clients); this is detail.
+            tracing::debug!(target: "librdkafka", %error, %reason, "kafka client error");
+        } else {
+            tracing::warn!(target: "librdkafka", %error, %reason, "kafka client error");
+        }
+    }
+
+    fn route_log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        let outage_noise = self.health.is_some() && CONNECTION_FACILITIES.contains(&facility);
+        match level {
+            _ if outage_noise => {
+                tracing::debug!(target: "librdkafka", facility, message, "kafka client")
+            }
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", facility, message, "kafka client")
+            }
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(target: "librdkafka", facility, message, "kafka client")
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", facility, message, "kafka client")
+            }
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(target: "librdkafka", facility, message, "kafka client")
+            }
+        }
+    }
+}
 
 /// Sets a fresh MSK IAM token on a client that does not poll for refresh events.
 pub(crate) fn set_token_now(

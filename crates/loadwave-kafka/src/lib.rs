@@ -10,6 +10,10 @@
 //!   of losing them. `publish` returns once the broker acknowledged the message.
 //! - Each subscription is a consumer group of its own; offsets are stored only when the
 //!   consumer acks a delivery (commit after processing, at-least-once).
+//! - A probe asks the broker for metadata every second and keeps the bus's
+//!   [`BusHealth`]: one WARN line when the broker becomes unreachable, a reminder at most
+//!   every 30 s, one INFO line when it is back. librdkafka's own errors and connection
+//!   chatter go to debug meanwhile, not a line per reconnect.
 //!
 //! - [`KafkaAuth`] picks how clients authenticate: plaintext (a local broker), TLS, or
 //!   TLS with SASL/OAUTHBEARER carrying Amazon MSK IAM tokens, which librdkafka asks for
@@ -26,10 +30,11 @@ pub use auth::{AuthContext, KafkaAuth, MskIamTokens};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use loadwave_bus::{Bus, BusError, Delivery, Subscription};
+use loadwave_bus::{Bus, BusError, BusHealth, BusState, Delivery, Subscription};
 use loadwave_proto::Topic;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::ClientConfig;
@@ -150,24 +155,73 @@ pub enum KafkaError {
 pub struct KafkaBus {
     config: KafkaConfig,
     producer: FutureProducer<AuthContext>,
+    health: Arc<BusHealth>,
+    /// Ends the probe thread when the bus goes.
+    probe_stop: Arc<AtomicBool>,
 }
 
 /// Five minutes of buffering while the broker is away.
 const MESSAGE_TIMEOUT_MS: &str = "300000";
+/// How often the probe asks the broker for metadata.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How long one probe waits: a broker slower than this is as good as away.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl KafkaBus {
-    /// Creates the producer and the topics.
+    /// Creates the producer and the topics, and starts the probe.
     pub async fn connect(config: KafkaConfig) -> Result<KafkaBus, KafkaError> {
+        let health = Arc::new(BusHealth::new(format!("Kafka at {}", config.brokers)));
         let mut c = config.client();
         c.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "2")
             .set("message.timeout.ms", MESSAGE_TIMEOUT_MS);
         config.apply_options(&mut c);
-        let producer: FutureProducer<AuthContext> = c.create_with_context(config.context())?;
-        let bus = KafkaBus { config, producer };
+        let producer: FutureProducer<AuthContext> =
+            c.create_with_context(config.context().with_health(health.clone()))?;
+        let bus = KafkaBus {
+            config,
+            producer,
+            health,
+            probe_stop: Arc::new(AtomicBool::new(false)),
+        };
         bus.ensure_topics().await?;
+        bus.spawn_probe();
         Ok(bus)
+    }
+
+    /// The bus's view of its broker.
+    pub fn bus_health(&self) -> &Arc<BusHealth> {
+        &self.health
+    }
+
+    /// Asks the broker for the heartbeat topic's metadata every second, on a thread of
+    /// its own (the call blocks), and tells the bus's health what it found.
+    fn spawn_probe(&self) {
+        let producer = self.producer.clone();
+        let topic = self.config.topic_name(Topic::Heartbeat);
+        let health = self.health.clone();
+        let stop = self.probe_stop.clone();
+        let spawned = std::thread::Builder::new()
+            .name("loadwave-kafka-probe".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(PROBE_EVERY);
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    match producer
+                        .client()
+                        .fetch_metadata(Some(&topic), PROBE_TIMEOUT)
+                    {
+                        Ok(_) => health.up(),
+                        Err(err) => health.down(&err.to_string()),
+                    }
+                }
+            });
+        if let Err(err) = spawned {
+            tracing::error!(%err, "cannot start the Kafka probe; the bus's health will not be watched");
+        }
     }
 
     /// The configuration.
@@ -179,7 +233,7 @@ impl KafkaBus {
     pub async fn ensure_topics(&self) -> Result<(), KafkaError> {
         let mut c = self.config.client();
         self.config.apply_options(&mut c);
-        let context = self.config.context();
+        let context = self.config.context().with_health(self.health.clone());
         let admin: AdminClient<AuthContext> = c.create_with_context(context.clone())?;
         if let Some(iam) = context.iam() {
             // rdkafka's admin client does not relay token refreshes; it lives for this
@@ -242,6 +296,10 @@ impl Bus for KafkaBus {
             })
     }
 
+    fn health(&self) -> BusState {
+        self.health.state()
+    }
+
     async fn subscribe(&self, topics: &[Topic], name: &str) -> Result<Subscription, BusError> {
         let mut c = self.config.client();
         c.set("group.id", format!("{}{name}", self.config.topic_prefix))
@@ -256,7 +314,7 @@ impl Bus for KafkaBus {
             .set("heartbeat.interval.ms", "1000");
         self.config.apply_options(&mut c);
         let consumer: StreamConsumer<AuthContext> = c
-            .create_with_context(self.config.context())
+            .create_with_context(self.config.context().with_health(self.health.clone()))
             .map_err(|e| BusError::Subscribe(e.to_string()))?;
         let names: Vec<String> = topics.iter().map(|t| self.config.topic_name(*t)).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -271,6 +329,12 @@ impl Bus for KafkaBus {
             .collect();
         tokio::spawn(pump(consumer, prefix_map, tx));
         Ok(Subscription::new(rx))
+    }
+}
+
+impl Drop for KafkaBus {
+    fn drop(&mut self) {
+        self.probe_stop.store(true, Ordering::Relaxed);
     }
 }
 

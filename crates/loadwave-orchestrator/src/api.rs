@@ -25,6 +25,7 @@ use serde::Serialize;
 use utoipa::OpenApi;
 
 use async_trait::async_trait;
+use loadwave_bus::BusState;
 use loadwave_core::{BusStats, DriverInfo, StopError, TestListItem};
 use loadwave_proto::forbidden_address;
 
@@ -49,6 +50,13 @@ pub enum AppError {
     NotFound(String),
     /// The request conflicts with the resource's state.
     Conflict(String),
+    /// Not ready: a dependency (`field`, such as `bus`) is unavailable. 503.
+    Unavailable {
+        /// What is missing.
+        field: String,
+        /// Since when and why.
+        message: String,
+    },
     /// Our fault; the detail is logged, not shown.
     Internal(String),
 }
@@ -82,6 +90,9 @@ impl IntoResponse for AppError {
             } => (status, Some(field), message),
             AppError::NotFound(m) => (StatusCode::NOT_FOUND, None, m),
             AppError::Conflict(m) => (StatusCode::CONFLICT, None, m),
+            AppError::Unavailable { field, message } => {
+                (StatusCode::SERVICE_UNAVAILABLE, Some(field), message)
+            }
             AppError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 (
@@ -174,6 +185,8 @@ pub trait Backend: Send + Sync + 'static {
     async fn drivers(&self) -> Result<Vec<DriverInfo>, AppError>;
     /// Liveness, with counts.
     async fn health(&self) -> Result<Health, AppError>;
+    /// Whether its bus can be reached.
+    fn bus_state(&self) -> BusState;
 }
 
 /// The body type of the router's responses.
@@ -226,6 +239,7 @@ pub fn app(backend: AppState) -> Router {
         .route("/tests/{id}/report", get(test_report))
         .route("/drivers", get(list_drivers))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -312,7 +326,7 @@ async fn list_drivers(State(orch): State<AppState>) -> Result<Json<Vec<DriverInf
 /// Liveness, with counts.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Health {
-    /// Always `ok` when answering.
+    /// Always `ok` when answering: the process serves (see `/readyz` for readiness).
     pub status: &'static str,
     /// How drivers are found.
     pub launcher: &'static str,
@@ -320,14 +334,73 @@ pub struct Health {
     pub tests: std::collections::BTreeMap<String, u64>,
     /// Drivers heard from in the last 3 s.
     pub live_drivers: usize,
-    /// Messages skipped.
-    pub bus: BusStats,
+    /// The bus: whether it can be reached, and the messages skipped.
+    pub bus: BusHealthView,
 }
 
-/// Liveness, with counts.
+/// The bus as health checks show it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct BusHealthView {
+    /// Whether the broker answers.
+    pub reachable: bool,
+    /// Since when it has been so, ms since the epoch.
+    pub since_ms: u64,
+    /// Messages skipped.
+    #[serde(flatten)]
+    pub skipped: BusStats,
+}
+
+impl BusHealthView {
+    /// `state` with the counts of skipped messages.
+    pub fn new(state: BusState, skipped: BusStats) -> Self {
+        BusHealthView {
+            reachable: state.reachable,
+            since_ms: state.since_ms,
+            skipped,
+        }
+    }
+}
+
+/// Liveness: 200 while the process serves, whatever the bus's state (which it reports).
 #[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)))]
 async fn healthz(State(orch): State<AppState>) -> Result<Json<Health>, AppError> {
     Ok(Json(orch.health().await?))
+}
+
+/// How long the bus may be unreachable before `/readyz` says so: a probe or two, so a
+/// blip does not flap a load balancer or a compose dependency.
+pub const READY_GRACE_MS: u64 = 3_000;
+
+/// Readiness.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Ready {
+    /// `ready`.
+    pub status: &'static str,
+    /// The bus's state.
+    pub bus: BusState,
+}
+
+/// Readiness: 200 when tests can be run; 503 naming the bus once it has been
+/// unreachable for more than a few seconds.
+#[utoipa::path(get, path = "/readyz", responses(
+    (status = 200, body = Ready),
+    (status = 503, description = "The bus is unreachable", body = ErrorBody)))]
+async fn readyz(State(orch): State<AppState>) -> Result<Json<Ready>, AppError> {
+    let bus = orch.bus_state();
+    let down_ms = bus.for_ms(loadwave_proto::unix_ms_now());
+    if !bus.reachable && down_ms >= READY_GRACE_MS {
+        return Err(AppError::Unavailable {
+            field: "bus".into(),
+            message: format!(
+                "the message bus (Kafka) has been unreachable for {} s; tests cannot start or be followed until it returns",
+                down_ms / 1_000
+            ),
+        });
+    }
+    Ok(Json(Ready {
+        status: "ready",
+        bus,
+    }))
 }
 
 #[derive(OpenApi)]
@@ -343,7 +416,8 @@ async fn healthz(State(orch): State<AppState>) -> Result<Json<Health>, AppError>
         stop_test,
         test_report,
         list_drivers,
-        healthz
+        healthz,
+        readyz
     ),
     components(schemas(
         TestSpec,

@@ -15,9 +15,13 @@
 //! succeeded; a publish that fails fails the invocation, so the event source mapping
 //! delivers the batch again — and configurations and triggers that were written as sent
 //! but never reached the bus are re-sent by the core a second later anyway.
+//!
+//! A publish waits at most [`PUBLISH_WAIT`]: librdkafka keeps a message for minutes while
+//! the broker is away, and an invocation must not sit on one until its own timeout.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use loadwave_bus::Bus;
@@ -27,12 +31,28 @@ use loadwave_core::{
 };
 use loadwave_proto::{Message, TestSpec, Tick, Topic, unix_ms_now};
 
-use crate::api::{AppError, Backend, Health};
+use crate::api::{AppError, Backend, BusHealthView, Health};
 use crate::launcher::Launcher;
 use crate::store::{StoreError, TestStore, Version};
 
 /// Attempts of one test's read-fold-write before the invocation fails.
 const WRITE_ATTEMPTS: usize = 25;
+
+/// How long an invocation waits for the bus to take one message before it gives up on it
+/// (what the state records as sent but never went out is sent again by the core).
+pub const PUBLISH_WAIT: Duration = Duration::from_secs(5);
+
+/// Publishes `m`, waiting at most `wait`; the error names the topic.
+async fn publish_within(bus: &dyn Bus, m: &Message, wait: Duration) -> Result<(), String> {
+    match tokio::time::timeout(wait, bus.publish(m)).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "the bus did not take a `{}` message within {} ms",
+            m.topic().name(),
+            wait.as_millis()
+        )),
+    }
+}
 
 /// The API over the state store (the Lambda API function).
 pub struct StoreBackend {
@@ -40,6 +60,7 @@ pub struct StoreBackend {
     launcher: Arc<dyn Launcher>,
     bus: Arc<dyn Bus>,
     options: ControllerOptions,
+    publish_wait: Duration,
 }
 
 impl StoreBackend {
@@ -55,7 +76,14 @@ impl StoreBackend {
             launcher,
             bus,
             options,
+            publish_wait: PUBLISH_WAIT,
         }
+    }
+
+    /// How long a publish may wait for the bus ([`PUBLISH_WAIT`] unless set).
+    pub fn with_publish_wait(mut self, wait: Duration) -> Self {
+        self.publish_wait = wait;
+        self
     }
 }
 
@@ -111,10 +139,14 @@ impl Backend for StoreBackend {
             match self.store.save(&mut state, Some(&version)).await {
                 Ok(_) => {
                     for m in &messages {
-                        self.bus
-                            .publish(m)
-                            .await
-                            .map_err(|e| AppError::Internal(e.to_string()))?;
+                        // The stop is recorded; the schedule sends its trigger again until
+                        // every driver has acted on it, so an unreachable bus only delays it.
+                        if let Err(e) =
+                            publish_within(self.bus.as_ref(), m, self.publish_wait).await
+                        {
+                            tracing::warn!(test_id = %id, error = %e, "stop recorded; its trigger goes out with the next schedule");
+                            break;
+                        }
                     }
                     if state.is_finished() {
                         self.launcher.release(id, &state.driver_slots()).await;
@@ -164,8 +196,12 @@ impl Backend for StoreBackend {
             launcher: self.launcher.name(),
             tests: count_statuses(list.iter().map(|i| i.status)),
             live_drivers: drivers.iter().filter(|d| d.state != "lost").count(),
-            bus: Default::default(),
+            bus: BusHealthView::new(self.bus.health(), Default::default()),
         })
+    }
+
+    fn bus_state(&self) -> loadwave_bus::BusState {
+        self.bus.health()
     }
 }
 
@@ -208,6 +244,7 @@ pub struct LambdaController {
     launcher: Arc<dyn Launcher>,
     bus: Arc<dyn Bus>,
     id: String,
+    publish_wait: Duration,
 }
 
 impl LambdaController {
@@ -218,7 +255,14 @@ impl LambdaController {
             launcher,
             bus,
             id: format!("controller-{}", uuid::Uuid::new_v4().simple()),
+            publish_wait: PUBLISH_WAIT,
         }
+    }
+
+    /// How long a publish may wait for the bus ([`PUBLISH_WAIT`] unless set).
+    pub fn with_publish_wait(mut self, wait: Duration) -> Self {
+        self.publish_wait = wait;
+        self
     }
 
     /// Folds a batch of records (topic, raw value) into every test it concerns, at
@@ -280,16 +324,17 @@ impl LambdaController {
                 if self.store.active_ids().await?.is_empty() {
                     break;
                 }
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
             let tick = Message::Tick(Tick {
                 orchestrator_id: self.id.clone(),
                 sent_at_ms: unix_ms_now(),
             });
-            self.bus
-                .publish(&tick)
-                .await
-                .map_err(|e| ControllerError::Publish(e.to_string()))?;
+            // Without the bus no tick goes out, but tests still move on in time below.
+            if let Err(e) = publish_within(self.bus.as_ref(), &tick, self.publish_wait).await {
+                tracing::warn!(error = %e, "no tick published");
+                break;
+            }
             outcome.ticks += 1;
         }
         for (state, version) in self.store.load_active().await? {
@@ -365,10 +410,9 @@ impl LambdaController {
                 Ok(_) => {
                     outcome.written += 1;
                     for m in &publish {
-                        self.bus
-                            .publish(m)
+                        publish_within(self.bus.as_ref(), m, self.publish_wait)
                             .await
-                            .map_err(|e| ControllerError::Publish(e.to_string()))?;
+                            .map_err(ControllerError::Publish)?;
                         outcome.published += 1;
                     }
                     for (test_id, slots) in finished {

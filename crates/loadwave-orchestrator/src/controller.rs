@@ -7,8 +7,19 @@
 //! task of their own, one request at a time, so a slow `RunTask` never stalls the intake
 //! of messages. Invariant: the core's lock is never held across an await.
 //!
-//! Once a second the loop publishes a [`Tick`] on the heartbeat topic; reading it back
-//! advances every test's bus clock (see [`loadwave_core::TestState::observe_clock`]).
+//! Once a second a task of its own publishes a [`Tick`] on the heartbeat topic; reading it
+//! back advances every test's bus clock (see [`loadwave_core::TestState::observe_clock`]).
+//! At most one tick is ever in flight: a tick says "the bus moves now", and ticks queued
+//! through an outage would, once delivered, each count as a second of a moving bus in
+//! which the drivers (whose heartbeats wait the same way, one at a time) said nothing.
+//!
+//! Architecture invariant: the loop never waits on a publish. A publish completes when
+//! the broker acknowledges it, which takes as long as an outage lasts; so the loop hands
+//! what it sends (configurations, triggers) to a bounded outbox, and a task of its own
+//! publishes it, in order and in batches. While the broker is away the loop goes on
+//! reading, folding, persisting and serving; the outbox fills up to [`OUTBOX_BOUND`]
+//! messages, then drops the newest (the core sends configurations and triggers again
+//! every second until drivers act on them, so nothing is lost for good).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -24,12 +35,21 @@ use loadwave_proto::{Message, TestSpec, Tick, Topic, unix_ms_now};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{AppError, Backend, Health};
+use crate::api::{AppError, Backend, BusHealthView, Health};
 use crate::launcher::Launcher;
 use crate::store::{StoreError, TestStore, Version};
 
 /// How often the launcher is asked which running drivers are gone.
 const INSPECT_EVERY_MS: u64 = 2_000;
+/// Messages waiting for the publisher at most (a thousand drivers' configurations a
+/// second for ten seconds of outage).
+pub const OUTBOX_BOUND: usize = 10_000;
+/// How many waiting messages one publish batch takes.
+const BATCH: usize = 1_000;
+/// At shutdown, how long the publisher may take to send what is waiting (the broker may
+/// be there and quick); what is left then is logged, and rebuilt from the stored state on
+/// the next start.
+const FLUSH_GRACE: Duration = Duration::from_secs(2);
 
 /// The orchestrator: tests, drivers, and the clients to reach them.
 pub struct Orchestrator {
@@ -40,6 +60,10 @@ pub struct Orchestrator {
     writer: SnapshotWriter,
     requests: mpsc::UnboundedSender<DriverRequest>,
     requests_rx: Mutex<Option<mpsc::UnboundedReceiver<DriverRequest>>>,
+    outbox: mpsc::Sender<Message>,
+    outbox_rx: Mutex<Option<mpsc::Receiver<Message>>>,
+    /// Messages the full outbox turned away.
+    dropped: std::sync::atomic::AtomicU64,
     wake: Notify,
 }
 
@@ -61,6 +85,7 @@ impl Orchestrator {
             core.insert(state, now);
         }
         let (tx, rx) = mpsc::unbounded_channel();
+        let (outbox, outbox_rx) = mpsc::channel(OUTBOX_BOUND);
         Ok(Arc::new(Orchestrator {
             bus,
             launcher,
@@ -69,6 +94,9 @@ impl Orchestrator {
             writer: SnapshotWriter::new(store),
             requests: tx,
             requests_rx: Mutex::new(Some(rx)),
+            outbox,
+            outbox_rx: Mutex::new(Some(outbox_rx)),
+            dropped: Default::default(),
             wake: Notify::new(),
         }))
     }
@@ -94,10 +122,17 @@ impl Orchestrator {
         if let Some(rx) = self.requests_rx.lock().expect("lock").take() {
             tokio::spawn(self.clone().acquire_drivers(rx, shutdown.clone()));
         }
+        let publisher = self
+            .outbox_rx
+            .lock()
+            .expect("lock")
+            .take()
+            .map(|rx| tokio::spawn(self.clone().publish_outbox(rx, shutdown.clone())));
+        tokio::spawn(self.clone().tick(shutdown.clone()));
         let mut ticker = tokio::time::interval(Duration::from_millis(100));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut unacked: VecDeque<(u64, Delivery)> = VecDeque::new();
-        let (mut last_tick_ms, mut last_inspect_ms) = (0u64, 0u64);
+        let mut last_inspect_ms = 0u64;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -112,16 +147,6 @@ impl Orchestrator {
                 _ = self.wake.notified() => {}
             }
             let now = unix_ms_now();
-            if now >= last_tick_ms + 1_000 {
-                last_tick_ms = now;
-                let tick = Message::Tick(Tick {
-                    orchestrator_id: self.orchestrator_id.clone(),
-                    sent_at_ms: now,
-                });
-                if let Err(err) = self.bus.publish(&tick).await {
-                    tracing::warn!(%err, "tick not published");
-                }
-            }
             if now >= last_inspect_ms + INSPECT_EVERY_MS {
                 last_inspect_ms = now;
                 self.clone().inspect_drivers();
@@ -135,7 +160,118 @@ impl Orchestrator {
         }
         // Whatever was folded is written before leaving.
         self.persist(unix_ms_now(), true).await;
+        if let Some(publisher) = publisher {
+            let _ = publisher.await;
+        }
         Ok(())
+    }
+
+    /// Publishes a tick a second, each once the previous one was delivered: at most one
+    /// is in flight, so an outage leaves one stale tick behind, not one per second.
+    async fn tick(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let tick = Message::Tick(Tick {
+                orchestrator_id: self.orchestrator_id.clone(),
+                sent_at_ms: unix_ms_now(),
+            });
+            tokio::select! {
+                sent = self.bus.publish(&tick) => {
+                    if let Err(err) = sent {
+                        tracing::debug!(%err, "tick not published");
+                    }
+                }
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Hands `message` to the publisher; never waits. A full outbox (a long outage)
+    /// turns it away: the core sends what matters again.
+    fn send(&self, message: Message) {
+        if self.outbox.try_send(message).is_err() {
+            let n = self
+                .dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if n.is_power_of_two() {
+                tracing::debug!(
+                    dropped = n + 1,
+                    "outbox full; message dropped (it is sent again)"
+                );
+            }
+        }
+    }
+
+    /// Publishes what the loop hands over, in order, a batch at a time (the producer
+    /// sends a batch together), until shutdown; then for [`FLUSH_GRACE`] more if the bus
+    /// is reachable.
+    async fn publish_outbox(
+        self: Arc<Self>,
+        mut rx: mpsc::Receiver<Message>,
+        shutdown: CancellationToken,
+    ) {
+        let mut batch: Vec<Message> = Vec::with_capacity(BATCH);
+        loop {
+            let first = tokio::select! {
+                m = rx.recv() => m,
+                _ = shutdown.cancelled() => break,
+            };
+            let Some(first) = first else { break };
+            batch.push(first);
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+            tokio::select! {
+                sent = futures::future::join_all(batch.iter().map(|m| self.bus.publish(m))) => {
+                    let failed: Vec<Message> = std::mem::take(&mut batch)
+                        .into_iter()
+                        .zip(sent)
+                        .filter_map(|(m, sent)| sent.err().map(|err| (m, err)))
+                        .map(|(m, err)| {
+                            tracing::debug!(%err, "publish failed; sending it again");
+                            m
+                        })
+                        .collect();
+                    if !failed.is_empty() {
+                        self.core().requeue(failed);
+                    }
+                }
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        // Shutting down: what is waiting gets a short grace (a broker that is there takes
+        // it at once), and what is left is said.
+        while let Ok(m) = rx.try_recv() {
+            batch.push(m);
+        }
+        let waiting = batch.len();
+        // A broker that is gone gets no grace: nothing would go out in it.
+        let grace = if self.bus.health().reachable {
+            FLUSH_GRACE
+        } else {
+            Duration::ZERO
+        };
+        let flushed = tokio::time::timeout(
+            grace,
+            futures::future::join_all(batch.iter().map(|m| self.bus.publish(m))),
+        )
+        .await
+        .map(|sent| sent.iter().filter(|s| s.is_ok()).count())
+        .unwrap_or(0);
+        if flushed < waiting {
+            tracing::warn!(
+                unsent = waiting - flushed,
+                "messages not published before shutting down (the bus did not take them); configurations and triggers are sent again from the stored state on the next start"
+            );
+        }
     }
 
     /// One pass: hand new driver requests to the acquirer, poll, publish, release the
@@ -148,21 +284,11 @@ impl Orchestrator {
             }
             (core.poll(now), core.take_finished())
         };
-        // All at once, in order: the producer batches them. One at a time, each waited
-        // for its own round trip, and a thousand drivers' configurations (re-sent every
-        // second until confirmed) held the loop for seconds.
-        let sent = futures::future::join_all(outbox.iter().map(|m| self.bus.publish(m))).await;
-        let failed: Vec<Message> = outbox
-            .into_iter()
-            .zip(sent)
-            .filter_map(|(message, sent)| sent.err().map(|err| (message, err)))
-            .map(|(message, err)| {
-                tracing::warn!(%err, "publish failed; retrying on the next step");
-                message
-            })
-            .collect();
-        if !failed.is_empty() {
-            self.core().requeue(failed);
+        // To the publisher, in order: it sends them together (one at a time, each waiting
+        // for its own round trip, a thousand drivers' configurations held the loop for
+        // seconds) and never holds up this loop.
+        for message in outbox {
+            self.send(message);
         }
         for (test_id, slots) in finished {
             self.release(test_id, slots);
@@ -352,7 +478,11 @@ impl Backend for Orchestrator {
                 .iter()
                 .filter(|d| d.state != "lost")
                 .count(),
-            bus: core.stats().clone(),
+            bus: BusHealthView::new(self.bus.health(), core.stats().clone()),
         })
+    }
+
+    fn bus_state(&self) -> loadwave_bus::BusState {
+        self.bus.health()
     }
 }

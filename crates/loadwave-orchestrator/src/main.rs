@@ -7,6 +7,11 @@
 //!
 //! Tests persist in `--data-dir`: a restarted orchestrator keeps every finished result and
 //! resumes running tests.
+//!
+//! SIGTERM or Ctrl-C stops it within 10 s whatever the broker's state: the API stops
+//! answering, the controller writes every test, what waits to be published gets a short
+//! grace; a second signal exits at once (see [`loadwave_bus::stop`]). `GET /healthz` is
+//! the liveness probe, `GET /readyz` the readiness one (503 while the bus is away).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -78,8 +83,13 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour for people at a terminal, plain text in log files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
+    // Signals first: a stop asked for while Kafka is still being reached is bounded too.
+    let shutdown = CancellationToken::new();
+    loadwave_bus::stop::on_signals(shutdown.clone(), 1).context("cannot listen for signals")?;
     let kafka = args.kafka.config().map_err(anyhow::Error::msg)?;
     let bus: Arc<dyn Bus> = Arc::new(
         KafkaBus::connect(kafka)
@@ -119,33 +129,31 @@ async fn main() -> anyhow::Result<()> {
     };
     options.test.start_lead_ms = args.start_lead_ms;
     options.test.registration_timeout_ms = args.driver_wait_ms + 30_000;
-    let orchestrator = Orchestrator::new(bus, store, launcher, options).await?;
+    let orchestrator = Orchestrator::new(bus.clone(), store, launcher, options).await?;
 
-    let shutdown = CancellationToken::new();
     let controller = tokio::spawn(orchestrator.clone().run(shutdown.clone()));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(listen = %listener.local_addr()?, launcher = orchestrator.launcher_name(), "orchestrator up");
-    let serve_shutdown = shutdown.clone();
     axum::serve(listener, app(orchestrator.clone()))
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                _ = shutdown_signal() => {}
-                _ = serve_shutdown.cancelled() => {}
-            }
-        })
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await?;
     shutdown.cancel();
     controller.await??;
+    leave(&*bus);
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// Every test is written; with the broker gone, closing the Kafka clients would wait for
+/// it (a consumer's close leaves its group through the broker), so the process leaves
+/// without. With the broker there they close normally, committing what was processed.
+fn leave(bus: &dyn Bus) {
+    if !bus.health().reachable {
+        tracing::info!(
+            "stopped; leaving without closing the Kafka clients (the broker is unreachable)"
+        );
+        std::process::exit(0);
     }
+    tracing::info!("stopped");
 }

@@ -97,14 +97,7 @@ impl Stack {
             &mut cmd,
             &self.dir.join("orchestrator.log"),
         ));
-        self.poll_until(
-            Duration::from_secs(30),
-            "orchestrator did not come up",
-            || {
-                let (status, health) = self.get("/healthz");
-                if status == 200 { Ok(()) } else { Err(health) }
-            },
-        );
+        self.wait_answer("/healthz", 200, Duration::from_secs(30));
     }
 
     fn start_driver(&mut self, id: &str) {
@@ -195,6 +188,14 @@ impl Stack {
             assert!(started.elapsed() < limit, "{what}: {last}{}", self.logs());
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Polls `path` until it answers `status`.
+    fn wait_answer(&self, path: &str, status: u16, limit: Duration) {
+        self.poll_until(limit, &format!("{path} never answered {status}"), || {
+            let (got, body) = self.get(path);
+            if got == status { Ok(()) } else { Err(body) }
+        })
     }
 
     fn wait_idle_drivers(&self, n: usize) {
@@ -737,4 +738,200 @@ fn load_profiles_run_across_drivers_over_kafka() {
     );
     assert_eq!(driver_sum(&view), u(&view["summary"]["requests"]));
     assert_eq!(view["verdict"]["passed"], false);
+}
+
+/// A broker of the calling test's own on free ports (`kafka.sh up`), for tests that stop
+/// and start it; `down` when dropped.
+struct OwnBroker {
+    port: u16,
+    controller_port: u16,
+}
+
+impl OwnBroker {
+    fn up() -> OwnBroker {
+        let b = OwnBroker {
+            port: free_port(),
+            controller_port: free_port(),
+        };
+        b.run("up");
+        b
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn run(&self, action: &str) {
+        let status = Command::new("bash")
+            .arg(repo_root().join("scripts/kafka.sh"))
+            .arg(action)
+            .env("KAFKA_PORT", self.port.to_string())
+            .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
+            .env("KAFKA_HEAP", "256m")
+            .status()
+            .unwrap();
+        assert!(status.success(), "kafka.sh {action} failed");
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.run("down");
+    }
+}
+
+/// Lines each log has now, to count what a stretch of time added.
+fn log_lengths(paths: &[PathBuf]) -> Vec<usize> {
+    paths
+        .iter()
+        .map(|p| std::fs::read_to_string(p).map_or(0, |t| t.lines().count()))
+        .collect()
+}
+
+/// Sends SIGTERM and waits (up to 15 s) for the process to exit; how long it took.
+fn terminate(proc: &mut Proc) -> Duration {
+    let started = Instant::now();
+    proc.signal("TERM");
+    while proc.running() && started.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    started.elapsed()
+}
+
+/// A stop (`terminate`'s time) must take under 10 s (`logs` say why not); prints it.
+fn in_time(took: Duration, what: &str, logs: &str) {
+    assert!(took < Duration::from_secs(10), "{what} took {took:?}{logs}");
+    eprintln!("SIGTERM, broker gone: {what} stopped in {took:?}");
+}
+
+#[test]
+fn with_the_broker_gone_processes_say_so_once_stop_in_time_and_resume() {
+    let _serial = serial();
+    let broker = OwnBroker::up();
+    let mut s = Stack::new("bounded", &broker.addr());
+    s.start_orchestrator(&[]);
+    s.start_driver("a1");
+    s.start_driver("a2");
+    s.wait_idle_drivers(2);
+    // Test A (two drivers, 40 s at 40/s) runs through both outages and must end exact.
+    let spec_a = json!({
+        "target_url": s.target.url("/ping"),
+        "test_type": "tsunami",
+        "drivers": 2,
+        "rate": 40,
+        "duration_s": 40,
+    });
+    let a = s.create(spec_a);
+    s.wait_status(&a, "running", Duration::from_secs(30));
+    // Test B runs on a third driver, which is stopped while the broker is gone.
+    s.start_driver("b1");
+    s.wait_idle_drivers(1);
+    let target_b = TargetServer::start(&exe("loadwave-target"), &[]);
+    let b = s.create(json!({
+        "target_url": target_b.url("/ping"),
+        "test_type": "tsunami",
+        "drivers": 1,
+        "rate": 20,
+        "duration_s": 60,
+    }));
+    s.wait_status(&b, "running", Duration::from_secs(30));
+    // An idle orchestrator beside it, on a prefix of its own.
+    let mut idle = Stack::new("bounded-idle", &broker.addr());
+    idle.start_orchestrator(&[]);
+    std::thread::sleep(Duration::from_secs(1));
+
+    // A 20 s outage: health stays 200 and says so, readiness turns 503, and each process
+    // says it in a line or two (plus one when it is back).
+    let logs: Vec<PathBuf> = ["orchestrator.log", "a1.log", "a2.log", "b1.log"]
+        .iter()
+        .map(|f| s.dir.join(f))
+        .chain([idle.dir.join("orchestrator.log")])
+        .collect();
+    broker.run("stop");
+    let before = log_lengths(&logs);
+    let outage = Instant::now();
+    s.poll_until(Duration::from_secs(15), "/readyz never said 503", || {
+        let (status, body) = s.get("/readyz");
+        if status == 503 && body["error"]["field"] == "bus" {
+            Ok(())
+        } else {
+            Err(json!({"status": status, "body": body}))
+        }
+    });
+    let (status, health) = s.get("/healthz");
+    assert_eq!(status, 200, "{health}");
+    assert_eq!(health["bus"]["reachable"], false, "{health}");
+    assert!(health["bus"]["since_ms"].as_u64().unwrap() > 0);
+    while outage.elapsed() < Duration::from_secs(20) {
+        assert_eq!(
+            s.get("/healthz").0,
+            200,
+            "liveness holds through the outage"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    broker.run("start");
+    s.wait_answer("/readyz", 200, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(2));
+    let after = log_lengths(&logs);
+    let added: Vec<usize> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    eprintln!("lines each process wrote during a 20 s outage: {added:?}");
+    for ((path, b), a) in logs.iter().zip(&before).zip(&after) {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let added: Vec<&str> = text.lines().skip(*b).take(a - b).collect();
+        assert!(
+            added.len() <= 3,
+            "{} wrote {} lines during a 20 s outage:\n{}",
+            path.display(),
+            added.len(),
+            added.join("\n")
+        );
+        assert!(
+            added.iter().any(|l| l.contains("unreachable")),
+            "{} did not say the bus was gone:\n{}",
+            path.display(),
+            added.join("\n")
+        );
+    }
+    assert_eq!(s.get("/healthz").1["bus"]["reachable"], true);
+
+    // The broker goes again; SIGTERM ends the busy orchestrator, the idle one and a
+    // driver in the middle of its test within 10 s each.
+    broker.run("stop");
+    s.wait_answer("/readyz", 503, Duration::from_secs(15));
+    let took = terminate(s.orchestrator.as_mut().unwrap());
+    in_time(took, "an orchestrator with a running test", &s.logs());
+    let took = terminate(idle.orchestrator.as_mut().unwrap());
+    in_time(took, "an idle orchestrator", &idle.logs());
+    let took = terminate(s.driver("b1"));
+    in_time(took, "a driver in the middle of its test", &s.logs());
+    let b1_log = std::fs::read_to_string(s.dir.join("b1.log")).unwrap();
+    assert!(
+        b1_log.contains("not delivered before shutting down") && b1_log.contains(" requests="),
+        "the driver names what it could not deliver:\n{b1_log}"
+    );
+
+    // Broker and orchestrator back: test A resumes and completes exactly.
+    broker.run("start");
+    s.start_orchestrator(&[]);
+    let view = s.wait_finished(&a, Duration::from_secs(120));
+    let logs_text = s.logs();
+    assert_eq!(view["status"], "completed", "{view}{logs_text}");
+    assert_eq!(u(&view["summary"]["expected_requests"]), 1600);
+    assert_eq!(u(&view["summary"]["requests"]), 1600, "{view}");
+    assert_eq!(
+        s.target.requests(),
+        1600,
+        "the target saw what the summary says"
+    );
+    for d in view["drivers"].as_array().unwrap() {
+        assert_eq!(d["state"], "completed", "{d}");
+        assert_eq!(d["missing_reports"], 0, "{d}");
+    }
+    // Test B lost its driver mid-test: it ends, naming it.
+    let view_b = s.wait_finished(&b, Duration::from_secs(60));
+    assert_eq!(view_b["drivers"][0]["state"], "lost", "{view_b}");
+    drop(idle);
+    drop(s);
+    drop(broker);
 }

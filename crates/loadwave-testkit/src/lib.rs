@@ -96,7 +96,7 @@ impl Drop for Proc {
 
 /// A `loadwave-target` on 127.0.0.1 and a free port.
 pub struct TargetServer {
-    _proc: Proc,
+    proc: Proc,
     addr: String,
 }
 
@@ -120,7 +120,7 @@ impl TargetServer {
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_string();
         TargetServer {
-            _proc: Proc::new(child),
+            proc: Proc::new(child),
             addr,
         }
     }
@@ -139,6 +139,16 @@ impl TargetServer {
     /// The target's request count.
     pub fn requests(&self) -> u64 {
         self.metrics()["requests"].as_u64().expect("a count")
+    }
+
+    /// Sends `signal` (`TERM`, `INT`, …) to the target's process.
+    pub fn signal(&self, signal: &str) {
+        self.proc.signal(signal);
+    }
+
+    /// Whether its process is still running.
+    pub fn running(&mut self) -> bool {
+        self.proc.running()
     }
 }
 

@@ -269,6 +269,9 @@ fn follow(client: &Client, id: &str, show_progress: bool) -> Result<TestView, Fa
             if flag.swap(true, Ordering::SeqCst) {
                 std::process::exit(i32::from(exit::ERROR));
             }
+            // An orchestrator that does not answer cannot hold the command past the
+            // deadline.
+            loadwave_bus::stop::arm_deadline(i32::from(exit::ERROR));
         });
     }
     let mut stop_sent = false;
@@ -305,15 +308,17 @@ fn follow(client: &Client, id: &str, show_progress: bool) -> Result<TestView, Fa
     }
 }
 
-/// Runs `f` on SIGINT, from a thread of its own (the CLI's remote commands are
-/// synchronous).
+/// Runs `f` on every SIGINT or SIGTERM, from a thread of its own (the CLI's remote
+/// commands are synchronous).
 fn ctrlc_handler(f: impl Fn() + Send + 'static) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let mut signals = runtime.block_on(async { loadwave_bus::stop::Signals::new() })?;
     std::thread::spawn(move || {
         runtime.block_on(async {
-            while tokio::signal::ctrl_c().await.is_ok() {
+            loop {
+                signals.next().await;
                 f();
             }
         })

@@ -104,11 +104,16 @@ async fn run_local(
         )));
     }
 
-    let stop = async {
-        let _ = tokio::signal::ctrl_c().await;
+    // Ctrl-C or SIGTERM stops the test: in-flight requests finish and are counted, within
+    // the stop deadline (a stalled target cannot hold the process longer); a second
+    // signal exits at once.
+    let mut signals = loadwave_bus::stop::Signals::new()?;
+    let stop = async move {
+        signals.next().await;
         eprintln!("\nstopping: waiting for in-flight requests (Ctrl-C again to abort)");
-        tokio::spawn(async {
-            let _ = tokio::signal::ctrl_c().await;
+        loadwave_bus::stop::arm_deadline(i32::from(exit::ERROR));
+        tokio::spawn(async move {
+            signals.next().await;
             std::process::exit(i32::from(exit::ERROR));
         });
     };

@@ -365,34 +365,25 @@ fn the_table_is_printed_without_json() {
 #[test]
 fn ctrl_c_stops_the_test_and_keeps_exact_counts() {
     let target = Target::start(&[]);
-    let child = loadwave()
-        .args([
-            "run",
-            "--target-url",
-            &target.url("/ping"),
-            "--test-type",
-            "tsunami",
-        ])
-        .args([
-            "--requests-per-driver",
-            "1000",
-            "--delay-ms",
-            "10",
-            "--drivers",
-            "2",
-            "--json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = child.wait_with_output().unwrap();
+    let mut cmd = loadwave();
+    cmd.args([
+        "run",
+        "--target-url",
+        &target.url("/ping"),
+        "--test-type",
+        "tsunami",
+    ])
+    .args([
+        "--requests-per-driver",
+        "1000",
+        "--delay-ms",
+        "10",
+        "--drivers",
+        "2",
+        "--json",
+    ]);
+    let (out, took) = interrupted(cmd, 1);
+    assert!(took < Duration::from_secs(10), "took {took:?} to stop");
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -802,4 +793,149 @@ fn bad_profile_flags_exit_2_and_name_the_flag() {
         assert!(stderr.contains(field), "{field}: {stderr}");
     }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Spawns `cmd`, sends it `ctrl_c` SIGINTs (1.5 s in, then 300 ms apart) and waits for it
+/// to exit: its output and how long it took after the last signal.
+fn interrupted(mut cmd: Command, ctrl_c: usize) -> (std::process::Output, Duration) {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    for i in 0..ctrl_c {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        kill("INT", child.id());
+    }
+    let signalled = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    (out, signalled.elapsed())
+}
+
+/// Sends `signal` to `pid`.
+fn kill(signal: &str, pid: u32) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_stop_is_bounded_even_when_the_target_stalls_and_a_second_ctrl_c_exits_at_once() {
+    // Every request takes a minute (the timeout allows two): in-flight requests cannot
+    // finish, so a Ctrl-C alone ends the process at its stop deadline.
+    let target = Target::start(&[]);
+    let url = target.url("/ping?delay_ms=60000");
+    let command = || {
+        let mut cmd = loadwave();
+        cmd.args(["run", "--target-url", &url, "--test-type", "avalanche"])
+            .args(["--concurrency", "2", "--duration", "1m"])
+            .args(["--timeout-ms", "120000", "--json"]);
+        cmd
+    };
+    let (out, took) = interrupted(command(), 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(took < Duration::from_secs(10), "took {took:?}: {stderr}");
+    assert!(
+        took >= Duration::from_secs(8),
+        "left before its deadline ({took:?}): {stderr}"
+    );
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("did not stop within the deadline"),
+        "{stderr}"
+    );
+
+    // A second Ctrl-C does not wait for anything.
+    let (out, took) = interrupted(command(), 2);
+    assert!(
+        took < Duration::from_secs(2),
+        "a second Ctrl-C took {took:?}"
+    );
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[cfg(unix)]
+#[test]
+fn the_target_stops_on_sigterm_even_with_requests_in_flight() {
+    let mut target =
+        TargetServer::start(&bin(env!("CARGO_BIN_EXE_loadwave"), "loadwave-target"), &[]);
+    let url = target.url("/ping?delay_ms=60000");
+    let addr = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    std::thread::spawn(move || loadwave_testkit::http_get(&addr, "/ping?delay_ms=60000"));
+    std::thread::sleep(Duration::from_millis(300));
+    let signalled = Instant::now();
+    target.signal("TERM");
+    while target.running() && signalled.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        signalled.elapsed() < Duration::from_secs(10),
+        "the target took {:?} to stop",
+        signalled.elapsed()
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn start_wait_is_bounded_when_the_orchestrator_stops_answering() {
+    use std::io::{Read, Write};
+    // A real test's JSON, made to look as if it were still running.
+    let target = Target::start(&[]);
+    let (_, mut view, _) = run_json(&[
+        "--target-url",
+        &target.url("/ping"),
+        "--test-type",
+        "avalanche",
+        "-n",
+        "5",
+    ]);
+    view["status"] = "running".into();
+    view["verdict"] = Value::Null;
+    let created = view.to_string();
+    // An orchestrator that takes the test, then never answers again.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut head = [0u8; 4096];
+            let n = stream.read(&mut head).unwrap_or(0);
+            if head[..n].starts_with(b"POST /tests") {
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{created}",
+                    created.len()
+                );
+            } else {
+                held.push(stream);
+            }
+        }
+    });
+    let mut cmd = loadwave();
+    cmd.args(["--orchestrator", &format!("http://{addr}"), "start"])
+        .args(["--target-url", "http://127.0.0.1:9/"])
+        .args([
+            "--test-type",
+            "avalanche",
+            "-n",
+            "5",
+            "--wait",
+            "--no-progress",
+        ]);
+    let (out, took) = interrupted(cmd, 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(took < Duration::from_secs(10), "took {took:?}: {stderr}");
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
 }

@@ -133,3 +133,81 @@ async fn v1_and_v2_events_route_to_the_same_contract() {
     let (status, _) = call(backend, "apigw_v1_stop_test.json", "nope").await;
     assert_eq!(status, 404);
 }
+
+/// A bus whose broker is away as librdkafka sees it: a publish never completes.
+struct AwayBus(MemoryBus);
+
+#[async_trait]
+impl Bus for AwayBus {
+    async fn publish_raw(
+        &self,
+        _topic: loadwave_proto::Topic,
+        _key: &str,
+        _payload: Vec<u8>,
+    ) -> Result<(), loadwave_bus::BusError> {
+        std::future::pending().await
+    }
+
+    async fn subscribe(
+        &self,
+        topics: &[loadwave_proto::Topic],
+        name: &str,
+    ) -> Result<loadwave_bus::Subscription, loadwave_bus::BusError> {
+        self.0.subscribe(topics, name).await
+    }
+}
+
+#[tokio::test]
+async fn with_the_bus_away_invocations_end_within_their_publish_wait() {
+    let wait = std::time::Duration::from_millis(300);
+    let store = TestStore::memory();
+    let bus: Arc<dyn Bus> = Arc::new(AwayBus(MemoryBus::new()));
+    let launcher = Arc::new(FakeEcs::default());
+    let backend = Arc::new(
+        StoreBackend::new(
+            store.clone(),
+            launcher.clone(),
+            bus.clone(),
+            ecs_controller_options().unwrap(),
+        )
+        .with_publish_wait(wait),
+    );
+    let (status, created) = call(backend.clone(), "apigw_v2_post_tests.json", "").await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+
+    // A stop is recorded and answered although its trigger cannot go out (the schedule
+    // sends it again); the test's tasks are released.
+    let started = std::time::Instant::now();
+    let stop = call(backend.clone(), "apigw_v1_stop_test.json", &id);
+    let (status, stopped) = tokio::time::timeout(wait * 20, stop)
+        .await
+        .expect("the stop waited on the bus");
+    assert_eq!(status, 202, "{stopped}");
+    assert!(started.elapsed() < wait * 5, "{:?}", started.elapsed());
+    let (_, got) = call(backend.clone(), "apigw_v2_get_test_named_stage.json", &id).await;
+    assert_eq!(got["status"], "stopped");
+    assert_eq!(launcher.released.lock().unwrap().len(), 2);
+
+    // The schedule gives up on its tick, still moves tests on, and fails (so it is
+    // retried) naming what it could not publish, instead of waiting out the function's
+    // timeout.
+    let (_, pending) = call(backend.clone(), "apigw_v2_post_tests.json", "").await;
+    let pending_id = pending["id"].as_str().unwrap().to_string();
+    let controller = loadwave_orchestrator::LambdaController::new(store.clone(), launcher, bus)
+        .with_publish_wait(wait);
+    let started = std::time::Instant::now();
+    let outcome = tokio::time::timeout(wait * 20, controller.handle_schedule(3))
+        .await
+        .expect("the schedule waited on the bus");
+    assert!(started.elapsed() < wait * 5, "{:?}", started.elapsed());
+    let err = outcome
+        .expect_err("configurations could not be published")
+        .to_string();
+    assert!(
+        err.contains("test_config") && err.contains("300 ms"),
+        "{err}"
+    );
+    let (_, got) = call(backend, "apigw_v2_get_test_named_stage.json", &pending_id).await;
+    assert_eq!(got["status"], "pending", "nothing is lost meanwhile: {got}");
+}
