@@ -142,7 +142,7 @@ async fn main() -> anyhow::Result<()> {
             mode,
         };
         run_agent(bus.clone(), agent, monitor, shutdown).await?;
-        leave(&*bus);
+        loadwave_bus::stop::leave(&*bus);
         return Ok(());
     }
     let bus: Arc<dyn Bus> = Arc::new(fanout::FanoutBus::new(bus, driver_id.clone()));
@@ -165,17 +165,6 @@ async fn main() -> anyhow::Result<()> {
         // a single driver.
         done??;
     }
-    leave(&*bus);
+    loadwave_bus::stop::leave(&*bus);
     Ok(())
-}
-
-/// The agents are done (their reports delivered, or logged as lost); with the broker
-/// gone, closing the Kafka clients would wait for it, so the process leaves without.
-fn leave(bus: &dyn Bus) {
-    if !bus.health().reachable {
-        tracing::info!(
-            "stopped; leaving without closing the Kafka clients (the broker is unreachable)"
-        );
-        std::process::exit(0);
-    }
 }

@@ -39,8 +39,6 @@ struct Inner {
     since_ms: u64,
     /// When the outage was last written to the log.
     noted: Instant,
-    /// The latest reason given for it.
-    reason: String,
 }
 
 /// One process's view of its bus.
@@ -62,7 +60,6 @@ impl BusHealth {
                 since: now,
                 since_ms: loadwave_proto::unix_ms_now(),
                 noted: now,
-                reason: String::new(),
             }),
         }
     }
@@ -75,7 +72,6 @@ impl BusHealth {
     pub fn down(&self, reason: &str) {
         let mut s = self.inner();
         let now = Instant::now();
-        s.reason = reason.to_string();
         if s.reachable {
             s.reachable = false;
             s.since = now;
@@ -111,17 +107,6 @@ impl BusHealth {
             since_ms: s.since_ms,
         }
     }
-
-    /// How long it has been unreachable, if it is.
-    pub fn unreachable_for(&self) -> Option<Duration> {
-        let s = self.inner();
-        (!s.reachable).then(|| s.since.elapsed())
-    }
-
-    /// The latest reason given for an outage.
-    pub fn reason(&self) -> String {
-        self.inner().reason.clone()
-    }
 }
 
 #[cfg(test)]
@@ -136,13 +121,10 @@ mod tests {
         h.down("connection refused");
         let down = h.state();
         assert!(!down.reachable);
-        assert!(h.unreachable_for().is_some());
-        // Repeated failures change nothing but the reason.
+        // Repeated failures change nothing.
         h.down("timed out");
         assert_eq!(h.state(), down);
-        assert_eq!(h.reason(), "timed out");
         h.up();
         assert!(h.state().reachable);
-        assert!(h.unreachable_for().is_none());
     }
 }

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::Bus;
+
 /// How long a graceful stop may take before the process exits regardless: under the
 /// 10 s that container runtimes (ECS, Docker) give between SIGTERM and SIGKILL.
 pub const STOP_DEADLINE: Duration = Duration::from_secs(9);
@@ -91,4 +93,20 @@ pub fn arm_deadline(code: i32) {
     if let Err(err) = spawned {
         tracing::error!(%err, "cannot arm the stop deadline");
     }
+}
+
+/// Called once a process's work is done, before its bus clients are dropped. With the
+/// broker gone, closing them would wait for it (a consumer's close leaves its group
+/// through the broker), so the process exits here, with code 0, without closing them.
+/// With the broker there they close normally (committing what was processed), within
+/// the stop deadline all the same: the broker may leave while they close.
+pub fn leave(bus: &dyn Bus) {
+    if !bus.health().reachable {
+        tracing::info!(
+            "stopped; leaving without closing the bus's clients (the broker is unreachable)"
+        );
+        std::process::exit(0);
+    }
+    arm_deadline(0);
+    tracing::info!("stopped");
 }

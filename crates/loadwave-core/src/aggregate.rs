@@ -92,6 +92,11 @@ impl Aggregate {
         self.histogram.len()
     }
 
+    /// `errors / requests`, rounded to six places; `None` before any request.
+    pub fn error_rate(&self) -> Option<f64> {
+        (self.requests > 0).then(|| round6(self.errors as f64 / self.requests as f64))
+    }
+
     /// Latency figures in milliseconds. Min, max and mean are exact; percentiles come from
     /// the merged histogram (within 0.1%).
     pub fn latency(&self) -> Latency {
@@ -155,6 +160,10 @@ pub struct Latency {
 
 pub(crate) fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
+}
+
+pub(crate) fn round6(x: f64) -> f64 {
+    (x * 1e6).round() / 1e6
 }
 
 /// JSON numbers stop being exact at 2^53; a u128 sum persists as a decimal string.

@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use loadwave_proto::{Activity, Message, TestSpec, Topic};
+use loadwave_proto::{Activity, Message, TestSpec, Topic, Trigger, TriggerAction};
 use serde::{Deserialize, Serialize};
 
 use crate::limits::Limits;
@@ -550,12 +550,13 @@ impl ControllerCore {
     pub fn poll(&mut self, now_ms: u64) -> Vec<Message> {
         // Shells poll after every delivery; the registry is swept once a second, so a
         // thousand drivers cost nothing per message.
+        let mut out = std::mem::take(&mut self.outbox);
         if now_ms >= self.swept_ms + 1_000 || now_ms < self.swept_ms {
             self.swept_ms = now_ms;
             self.drivers
                 .retain(|_, d| now_ms.saturating_sub(d.last_heard_ms) <= DRIVER_FORGET_MS);
+            out.extend(self.stops_for_finished(now_ms));
         }
-        let mut out = std::mem::take(&mut self.outbox);
         let ids: Vec<String> = self
             .tests
             .values()
@@ -576,6 +577,32 @@ impl ControllerCore {
             }
         }
         out
+    }
+
+    /// Stops for finished tests that live drivers still say they are configured for or
+    /// running: a test that ended as it sent its stop (stopped while pending, failed,
+    /// timed out) is no longer polled, so a stop lost on the way (a full outbox, a
+    /// shutdown with the broker away) is sent again from here, once a second, until its
+    /// drivers are idle and can be assigned again.
+    fn stops_for_finished(&self, now_ms: u64) -> Vec<Message> {
+        let ids: BTreeSet<&str> = self
+            .drivers
+            .values()
+            .filter(|d| {
+                d.activity != Activity::Idle
+                    && now_ms.saturating_sub(d.last_heard_ms) <= DRIVER_LIVE_MS
+            })
+            .filter_map(|d| d.test_id.as_deref())
+            .filter(|id| self.tests.get(*id).is_some_and(TestState::is_finished))
+            .collect();
+        ids.into_iter()
+            .map(|id| {
+                Message::Trigger(Trigger {
+                    test_id: id.to_string(),
+                    action: TriggerAction::Stop,
+                })
+            })
+            .collect()
     }
 
     /// Messages a shell could not publish: they go out with the next poll, first.

@@ -565,7 +565,8 @@ impl TestState {
         }
         let mut histograms = Vec::with_capacity(report.buckets.len());
         for bucket in &report.buckets {
-            // Merged three times (driver, total, second): read once, as counts.
+            // Merged several times (driver, total, second, and per request of a mix into
+            // the latter two): read once, as counts.
             match RecordedCounts::from_base64(&bucket.histogram) {
                 Ok(counts) => histograms.push(counts),
                 Err(err) => return Applied::Rejected(err.to_string()),
@@ -655,10 +656,15 @@ impl TestState {
             return None;
         }
         let grace_ms = (self.spec.abort_grace_s() * 1_000.0) as u64;
-        if now_ms < start + grace_ms || self.abort_checked_ms.is_some_and(|t| now_ms < t + 1_000) {
+        if now_ms < start + grace_ms
+            || self.abort_checked_ms.is_some_and(|t| now_ms < t + 1_000)
+            || self.total.requests == 0
+        {
             return None;
         }
-        let elapsed_s = (now_ms - start) as f64 / 1_000.0;
+        // The reports' own time base, as the summary's: they arrive a second after the
+        // fact, so the wall clock since the start would undercount the rate.
+        let duration_s = self.duration_s();
         let mut measured = false;
         let broken = self
             .spec
@@ -667,7 +673,7 @@ impl TestState {
             .filter(|t| t.abort)
             .find_map(|t| {
                 let agg = self.threshold_data(t)?;
-                let actual = crate::view::measure(t.metric, agg, elapsed_s)?;
+                let actual = crate::view::measure(t.metric, agg, duration_s)?;
                 measured = true;
                 (!t.op.holds(actual, t.limit)).then(|| Abort {
                     threshold: t.to_string(),
@@ -675,7 +681,8 @@ impl TestState {
                     at_ms: now_ms - start,
                 })
             });
-        // Nothing to judge yet (no report in): look again at the next poll, not a second on.
+        // Nothing to judge yet (no data for the thresholds' requests): look again at the
+        // next poll, not a second on.
         if measured {
             self.abort_checked_ms = Some(now_ms);
         }
@@ -750,16 +757,12 @@ impl TestState {
                         "stopped after the maximum duration of {} s (LOADWAVE_MAX_DURATION_S)",
                         max / 1_000
                     ));
-                    self.stop_requested = true;
-                    self.trigger_sent_ms = Some(now_ms);
-                    out.push(self.trigger(TriggerAction::Stop));
+                    out.extend(self.request_stop(now_ms));
                 }
                 if let Some(abort) = self.check_abort(now_ms) {
                     tracing::info!(test_id = %self.id, threshold = %abort.threshold, actual = abort.actual, "abort threshold broke; stopping the test");
                     self.aborted = Some(abort);
-                    self.stop_requested = true;
-                    self.trigger_sent_ms = Some(now_ms);
-                    out.push(self.trigger(TriggerAction::Stop));
+                    out.extend(self.request_stop(now_ms));
                 }
                 let resend_due = self
                     .trigger_sent_ms

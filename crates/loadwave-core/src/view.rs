@@ -280,18 +280,17 @@ pub(crate) fn measure(metric: Metric, agg: &Aggregate, duration_s: f64) -> Optio
     if metric.is_latency() && agg.responses() == 0 {
         return None;
     }
-    let l = agg.latency();
+    let latency = || agg.latency();
     Some(match metric {
-        Metric::Min => l.min,
-        Metric::Mean => l.mean,
-        Metric::P50 => l.p50,
-        Metric::P90 => l.p90,
-        Metric::P95 => l.p95,
-        Metric::P99 => l.p99,
-        Metric::P999 => l.p999,
-        Metric::Max => l.max,
-        Metric::ErrorRate if agg.requests == 0 => return None,
-        Metric::ErrorRate => round6(agg.errors as f64 / agg.requests as f64),
+        Metric::Min => latency().min,
+        Metric::Mean => latency().mean,
+        Metric::P50 => latency().p50,
+        Metric::P90 => latency().p90,
+        Metric::P95 => latency().p95,
+        Metric::P99 => latency().p99,
+        Metric::P999 => latency().p999,
+        Metric::Max => latency().max,
+        Metric::ErrorRate => return agg.error_rate(),
         Metric::Rps if duration_s <= 0.0 => return None,
         Metric::Rps => round3(agg.requests as f64 / duration_s),
         Metric::Requests => agg.requests as f64,
@@ -431,15 +430,7 @@ impl TestState {
         // A state read without its sealed chunks holds only the tail: no gaps are made up
         // for the seconds that are not in memory.
         let first = if self.is_complete() { 0 } else { first };
-        let names: Vec<String> = if self.spec.is_mix() {
-            self.spec
-                .request_list()
-                .into_iter()
-                .map(|r| r.name)
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let names = self.spec.mix_names();
         let empty = Aggregate::default();
         (first..=last)
             .map(|second| {
@@ -463,7 +454,7 @@ impl TestState {
                             let a = agg.request(i).unwrap_or(&empty);
                             let l = a.latency();
                             TimelineRequest {
-                                name: name.clone(),
+                                name: name.to_string(),
                                 requests: a.requests,
                                 errors: a.errors,
                                 p50_ms: l.p50,
@@ -487,12 +478,7 @@ impl TestState {
             (Some(lo), Some(hi)) if delays.len() > 1 => Some((hi - lo) as f64 / 1000.0),
             _ => None,
         };
-        let elapsed_ms = self.drivers.iter().map(|d| d.elapsed_ms).max().unwrap_or(0);
-        let duration_s = if t.requests > 0 {
-            (elapsed_ms.max(1)) as f64 / 1000.0
-        } else {
-            0.0
-        };
+        let duration_s = self.duration_s();
         let rate = |requests: u64| {
             if duration_s > 0.0 {
                 round3(requests as f64 / duration_s)
@@ -501,48 +487,38 @@ impl TestState {
             }
         };
         let (status_codes, error_kinds) = code_counts(t);
-        let by_request = if self.spec.is_mix() {
-            let empty = Aggregate::default();
-            self.spec
-                .request_list()
-                .into_iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    let a = t.request(i).unwrap_or(&empty);
-                    let (status_codes, error_kinds) = code_counts(a);
-                    RequestSummary {
-                        name: r.name,
-                        method: r.method,
-                        url: r.url,
-                        weight: r.weight,
-                        requests: a.requests,
-                        responses: a.responses(),
-                        errors: a.errors,
-                        error_rate: if a.requests == 0 {
-                            0.0
-                        } else {
-                            round6(a.errors as f64 / a.requests as f64)
-                        },
-                        status_codes,
-                        error_kinds,
-                        rps: rate(a.requests),
-                        latency_ms: a.latency(),
-                    }
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let empty = Aggregate::default();
+        let by_request = self
+            .spec
+            .requests
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, r)| {
+                let a = t.request(i).unwrap_or(&empty);
+                let (status_codes, error_kinds) = code_counts(a);
+                RequestSummary {
+                    name: r.name.clone(),
+                    method: r.method.clone(),
+                    url: r.url.clone(),
+                    weight: r.weight,
+                    requests: a.requests,
+                    responses: a.responses(),
+                    errors: a.errors,
+                    error_rate: a.error_rate().unwrap_or(0.0),
+                    status_codes,
+                    error_kinds,
+                    rps: rate(a.requests),
+                    latency_ms: a.latency(),
+                }
+            })
+            .collect();
         Summary {
             requests: t.requests,
             expected_requests: profile.planned_total(),
             responses: t.responses(),
             errors: t.errors,
-            error_rate: if t.requests == 0 {
-                0.0
-            } else {
-                round6(t.errors as f64 / t.requests as f64)
-            },
+            error_rate: t.error_rate().unwrap_or(0.0),
             status_codes,
             error_kinds,
             late: t.late,
@@ -561,6 +537,16 @@ impl TestState {
             latency_ms: t.latency(),
             by_request,
         }
+    }
+
+    /// Seconds from the start instant to the latest completion any driver reported (0
+    /// before the first): the time base of `rps`, live and in the summary alike.
+    pub(crate) fn duration_s(&self) -> f64 {
+        if self.total.requests == 0 {
+            return 0.0;
+        }
+        let elapsed_ms = self.drivers.iter().map(|d| d.elapsed_ms).max().unwrap_or(0);
+        elapsed_ms.max(1) as f64 / 1000.0
     }
 
     /// The merged data a threshold is judged on: the test's, or its request's (`None`
@@ -654,8 +640,4 @@ impl TestState {
             reasons,
         }
     }
-}
-
-fn round6(x: f64) -> f64 {
-    (x * 1e6).round() / 1e6
 }

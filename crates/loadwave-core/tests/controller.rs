@@ -333,6 +333,42 @@ fn triggers_are_resent_until_drivers_act_on_them() {
     assert!(matches!(&again[..], [Message::Trigger(t)] if t.action == TriggerAction::Stop));
 }
 
+/// A test that ends as it sends its stop (here: stopped while its driver was configured
+/// and not yet started) is not polled again; while its driver still says it is configured
+/// for it (the stop was lost on the way), the stop goes out again once a second.
+#[test]
+fn a_finished_tests_stop_is_resent_while_its_driver_still_holds_it() {
+    let mut core = ControllerCore::new(ControllerOptions::default());
+    with_test(&mut core, "a", &["a1"]);
+    core.poll(T0);
+    core.ingest(&register("a1", Some("a")), T0);
+    core.ingest(
+        &heartbeat("a1", Some("a"), T0 + 100, Activity::Configured),
+        T0 + 100,
+    );
+    core.request_stop("a", T0 + 200).unwrap();
+    assert_eq!(core.test("a").unwrap().status(), TestStatus::Stopped);
+    let stop = |m: &Message| matches!(m, Message::Trigger(t) if t.test_id == "a" && t.action == TriggerAction::Stop);
+    // The first stop: the one the shell may lose.
+    assert!(core.poll(T0 + 200).iter().any(stop));
+    core.ingest(
+        &heartbeat("a1", Some("a"), T0 + 1_100, Activity::Configured),
+        T0 + 1_100,
+    );
+    assert!(core.poll(T0 + 1_200).iter().any(stop), "sent again");
+    assert!(
+        !core.poll(T0 + 1_500).iter().any(stop),
+        "at most once a second"
+    );
+    // Once the driver is idle, nothing more.
+    core.ingest(
+        &heartbeat("a1", None, T0 + 2_100, Activity::Idle),
+        T0 + 2_100,
+    );
+    assert!(!core.poll(T0 + 2_300).iter().any(stop));
+    assert_eq!(core.idle_drivers(T0 + 2_300), vec!["a1".to_string()]);
+}
+
 /// Ticks move every running test's bus clock, so silent drivers are found lost.
 #[test]
 fn ticks_find_silent_drivers() {

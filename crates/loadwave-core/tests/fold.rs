@@ -1,12 +1,11 @@
 //! The fold, message by message: merging, idempotency, lifecycle, thresholds.
 
-use std::collections::BTreeMap;
-
 use loadwave_core::{Applied, DriverPhase, TestOptions, TestState, TestStatus};
 use loadwave_proto::{
-    Activity, BucketStats, DriverHealth, DriverTotals, ErrorKind, Heartbeat, LatencyHistogram,
-    Message, MetricsReport, Register, TestSpec, TriggerAction,
+    Activity, DriverHealth, DriverTotals, ErrorKind, Heartbeat, LatencyHistogram, Message,
+    MetricsReport, Register, TestSpec, TriggerAction,
 };
+use loadwave_testkit::messages::bucket;
 
 const T0: u64 = 1_700_000_000_000;
 
@@ -52,24 +51,7 @@ fn report(
 ) -> Message {
     let buckets = by_second
         .iter()
-        .map(|(second, lat)| {
-            let mut h = LatencyHistogram::new();
-            lat.iter().for_each(|v| h.record_us(*v));
-            BucketStats {
-                second: *second,
-                requests: lat.len() as u64,
-                errors: 0,
-                status_codes: BTreeMap::from([(200, lat.len() as u64)]),
-                error_kinds: BTreeMap::new(),
-                late: 0,
-                latency_sum_us: lat.iter().sum(),
-                latency_min_us: lat.iter().copied().min().unwrap_or(0),
-                latency_max_us: lat.iter().copied().max().unwrap_or(0),
-                busy_us: lat.iter().sum(),
-                request: None,
-                histogram: h.to_base64().unwrap(),
-            }
-        })
+        .map(|(second, lat)| bucket(*second, None, 200, lat))
         .collect();
     Message::Metrics(MetricsReport {
         test_id: "t".into(),

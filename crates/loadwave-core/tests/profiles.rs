@@ -1,39 +1,16 @@
 //! The fold of profile-driven tests, message by message: request mixes merged per
 //! request, abort thresholds judged on the cluster's merged data, the timeline's plan.
 
-use std::collections::BTreeMap;
-
 use loadwave_core::{Applied, DriverPhase, TestOptions, TestState, TestStatus};
 use loadwave_proto::{
-    BucketStats, DriverHealth, DriverTotals, LatencyHistogram, Message, MetricsReport, Register,
-    TestSpec, TriggerAction,
+    BucketStats, DriverHealth, DriverTotals, Message, MetricsReport, TestSpec, TriggerAction,
 };
+use loadwave_testkit::messages::{bucket, register};
 
 const T0: u64 = 1_700_000_000_000;
 
 fn spec(json: serde_json::Value) -> TestSpec {
     TestSpec::from_json(json.to_string().as_bytes()).unwrap()
-}
-
-/// A bucket of `latencies` (µs) for `second` and request `request`, every answer `status`.
-fn bucket(second: u32, request: Option<u32>, status: u16, latencies: &[u64]) -> BucketStats {
-    let mut h = LatencyHistogram::new();
-    latencies.iter().for_each(|v| h.record_us(*v));
-    let n = latencies.len() as u64;
-    BucketStats {
-        second,
-        request,
-        requests: n,
-        errors: if status >= 400 { n } else { 0 },
-        status_codes: BTreeMap::from([(status, n)]),
-        error_kinds: BTreeMap::new(),
-        late: 0,
-        latency_sum_us: latencies.iter().sum(),
-        latency_min_us: latencies.iter().copied().min().unwrap_or(0),
-        latency_max_us: latencies.iter().copied().max().unwrap_or(0),
-        busy_us: latencies.iter().sum(),
-        histogram: h.to_base64().unwrap(),
-    }
 }
 
 fn report(driver: &str, seq: u64, is_final: bool, buckets: Vec<BucketStats>) -> Message {
@@ -62,14 +39,7 @@ fn running(spec: TestSpec) -> TestState {
     let mut s = TestState::new("t", spec, ids.clone(), T0, TestOptions::default());
     s.poll(T0);
     for d in &ids {
-        let ready = Message::Register(Register {
-            driver_id: d.clone(),
-            host: "h".into(),
-            pid: 1,
-            version: "0".into(),
-            test_id: Some("t".into()),
-        });
-        assert_eq!(s.apply(&ready), Applied::Changed);
+        assert_eq!(s.apply(&register(d, Some("t"))), Applied::Changed);
     }
     s.poll(T0);
     assert_eq!(s.status(), TestStatus::Running);
@@ -257,6 +227,37 @@ fn abort_thresholds_that_hold_let_the_test_run() {
         "{out:?}"
     );
     assert_eq!(s.view().aborted.unwrap().threshold, "requests < 1000 abort");
+}
+
+/// Abort thresholds are judged on the reports' own time base and only once data came: a
+/// report arrives a second after its second, which the wall clock since the start would
+/// count as a lower rate, and no data is not a count of zero.
+#[test]
+fn abort_thresholds_wait_for_data_and_measure_rates_on_the_reports_clock() {
+    let mut s = spec(serde_json::json!({
+        "target_url": "http://127.0.0.1:9/",
+        "test_type": "avalanche",
+        "duration_s": 10,
+        "abort_grace_s": 0,
+        "thresholds": ["requests > 0 abort", "rps > 80 abort"],
+    }))
+    .pipe(running);
+    let stops = |out: Vec<Message>| {
+        out.iter()
+            .filter(|m| matches!(m, Message::Trigger(t) if t.action == TriggerAction::Stop))
+            .count()
+    };
+    assert_eq!(stops(poll_at(&mut s, 1_500)), 0, "nothing came yet");
+    assert!(s.view().aborted.is_none());
+    // 100 requests in the first second, folded 2.5 s in: 100 per second, not 40.
+    s.apply(&report(
+        "d0",
+        0,
+        false,
+        vec![bucket(0, None, 200, &[2_000; 100])],
+    ));
+    assert_eq!(stops(poll_at(&mut s, 2_500)), 0);
+    assert!(s.view().aborted.is_none(), "{:?}", s.view().aborted);
 }
 
 #[test]

@@ -31,9 +31,11 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 pub const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// How long after each second's end its report goes out.
 const REPORT_GRACE: Duration = Duration::from_millis(100);
-/// How long an agent told to shut down keeps trying to deliver a message: long enough for
-/// a broker that answers, short enough to stay within the process's stop deadline.
-pub const FLUSH_GRACE: Duration = Duration::from_secs(4);
+/// How long after being told to shut down an agent keeps trying to deliver: the process's
+/// stop deadline less a second to log what was lost and leave, so a final report that
+/// waited for slow requests in flight still has its chance.
+pub const FLUSH_GRACE: Duration =
+    loadwave_bus::stop::STOP_DEADLINE.saturating_sub(Duration::from_secs(1));
 
 /// Whether the agent serves many tests or one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,24 +240,26 @@ async fn heartbeats(
 #[derive(Clone)]
 struct GiveUp {
     shutdown: CancellationToken,
-    at: Arc<std::sync::OnceLock<tokio::time::Instant>>,
+    reached: CancellationToken,
 }
 
 impl GiveUp {
+    /// Counts from the shutdown itself, whenever the first publish looks (on the current
+    /// Tokio runtime).
     fn new(shutdown: CancellationToken) -> Self {
-        GiveUp {
-            shutdown,
-            at: Arc::default(),
-        }
+        let reached = CancellationToken::new();
+        let (from, to) = (shutdown.clone(), reached.clone());
+        tokio::spawn(async move {
+            from.cancelled().await;
+            tokio::time::sleep(FLUSH_GRACE).await;
+            to.cancel();
+        });
+        GiveUp { shutdown, reached }
     }
 
     /// Resolves at the give-up instant (never, if the agent is not shut down).
     async fn reached(&self) {
-        self.shutdown.cancelled().await;
-        let at = *self
-            .at
-            .get_or_init(|| tokio::time::Instant::now() + FLUSH_GRACE);
-        tokio::time::sleep_until(at).await;
+        self.reached.cancelled().await;
     }
 }
 
@@ -267,6 +271,8 @@ async fn publish(bus: &dyn Bus, message: &Message, give_up: &GiveUp) -> bool {
     tokio::pin!(deadline);
     loop {
         tokio::select! {
+            // The send first: every message is tried at least once, even past the grace.
+            biased;
             sent = bus.publish(message) => match sent {
                 Ok(()) => return true,
                 Err(err) => tracing::debug!(%err, ?backoff, "publish failed; retrying"),

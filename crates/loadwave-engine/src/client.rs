@@ -207,7 +207,8 @@ pub struct Targets {
     list: Vec<Target>,
     /// Per request, the connection slot (endpoint) it goes through.
     endpoint: Vec<usize>,
-    endpoints: usize,
+    /// Per endpoint, its first request (a connection is opened with it).
+    first_of_endpoint: Vec<usize>,
     /// The mix as a cycle: the driver's request `k` is `order[k % order.len()]`. A smooth
     /// weighted round-robin, so a 3:1 mix is exactly 3:1 over every four requests and its
     /// requests interleave rather than come in runs.
@@ -236,31 +237,26 @@ impl Targets {
         Targets::assemble(vec![target], &[1.0], false)
     }
 
-    /// Requests with weights, reported one by one (a mix).
-    pub fn mix(list: Vec<(Target, f64)>) -> Targets {
-        let weights: Vec<f64> = list.iter().map(|(_, w)| *w).collect();
-        Targets::assemble(list.into_iter().map(|(t, _)| t).collect(), &weights, true)
-    }
-
     fn assemble(list: Vec<Target>, weights: &[f64], mixed: bool) -> Targets {
         let mut endpoint = Vec::with_capacity(list.len());
+        let mut first_of_endpoint = Vec::new();
         let mut seen: Vec<(bool, &str, u16)> = Vec::new();
-        for t in &list {
+        for (i, t) in list.iter().enumerate() {
             let e = t.endpoint();
             match seen.iter().position(|s| *s == e) {
-                Some(i) => endpoint.push(i),
+                Some(slot) => endpoint.push(slot),
                 None => {
                     endpoint.push(seen.len());
                     seen.push(e);
+                    first_of_endpoint.push(i);
                 }
             }
         }
-        let endpoints = seen.len();
         Targets {
             order: mix_order(weights),
             list,
             endpoint,
-            endpoints,
+            first_of_endpoint,
             mixed,
         }
     }
@@ -287,22 +283,11 @@ impl Targets {
         self.endpoint[i]
     }
 
-    /// How many distinct endpoints the requests go to.
-    pub fn endpoints(&self) -> usize {
-        self.endpoints
-    }
-
     /// A request of each endpoint, in slot order (to open connections ahead of time).
     pub fn endpoint_targets(&self) -> Vec<&Target> {
-        (0..self.endpoints)
-            .map(|e| {
-                let i = self
-                    .endpoint
-                    .iter()
-                    .position(|x| *x == e)
-                    .expect("every slot has a request");
-                &self.list[i]
-            })
+        self.first_of_endpoint
+            .iter()
+            .map(|&i| &self.list[i])
             .collect()
     }
 
@@ -319,13 +304,6 @@ impl Targets {
     /// Whether the requests are reported one by one.
     pub fn is_mix(&self) -> bool {
         self.mixed
-    }
-
-    /// The per-request timeout (the same for every request of a test).
-    pub fn timeout(&self) -> Duration {
-        self.list
-            .first()
-            .map_or(Duration::from_secs(30), |t| t.timeout)
     }
 }
 

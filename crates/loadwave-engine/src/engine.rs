@@ -1,5 +1,5 @@
-//! Running one driver's share of a test: workers, each with its own connections and
-//! recorder, taking request numbers from one atomic counter.
+//! Running one driver's share of a test: workers, each with its own connections, taking
+//! request numbers from one atomic counter and recording into their thread's recorder.
 //!
 //! - Avalanche (closed model): a worker sends its next request as soon as its previous
 //!   one completed; latency is measured from the send. With a duration, workers stop
@@ -23,13 +23,17 @@
 //!   and a worker keeps one connection per endpoint.
 //!
 //! Workers run on engine threads, one single-threaded runtime per core the process may
-//! use, each worker with its connections, one lazily re-armed timeout timer and its
-//! recorder on one thread.
+//! use, each worker with its connections and one lazily re-armed timeout timer on one
+//! thread. The workers of a thread share its recorder (they take turns on one thread, and
+//! recording never awaits), so a mix of M requests keeps M buckets per thread, not M per
+//! worker: a thousand connections over a ten-request mix would otherwise hold ten
+//! thousand histograms.
 //!
 //! A stop request ends the sending of new requests; requests already in flight complete
 //! and are counted, so a stopped run's counts still match the target's. So does the end
 //! of a duration.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -92,10 +96,7 @@ impl Model {
                 driver,
                 drivers,
             } => {
-                let j = k
-                    .saturating_mul(u64::from(*drivers))
-                    .saturating_add(u64::from(*driver));
-                let t = curve.time_of(j as f64)?;
+                let t = loadwave_proto::profile::arrival_due_s(curve, *driver, *drivers, k)?;
                 Some(start + Duration::from_secs_f64(t))
             }
         }
@@ -238,6 +239,18 @@ fn engine_threads(workers: u64) -> usize {
     cores.min(workers.max(1) as usize)
 }
 
+thread_local! {
+    /// The engine thread's recorder, shared by the workers on the thread; set while the
+    /// thread runs them.
+    static RECORDER: RefCell<Option<Recorder>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` on this engine thread's recorder.
+#[inline]
+fn recorder<R>(f: impl FnOnce(&mut Recorder) -> R) -> R {
+    RECORDER.with_borrow_mut(|r| f(r.as_mut().expect("set while the thread runs workers")))
+}
+
 /// Sends a message when dropped, so a thread that panics is still counted as ended.
 struct EndSignal(tokio::sync::mpsc::UnboundedSender<()>);
 
@@ -293,6 +306,14 @@ pub fn start(plan: Plan, start: Instant, stop: CancellationToken) -> RunHandle {
                         return;
                     }
                 };
+                let targets = &shared.plan.targets;
+                let thread_recorder = Recorder::with_requests(
+                    shared.start,
+                    shared.pending.clone(),
+                    targets.len(),
+                    targets.is_mix(),
+                );
+                RECORDER.set(Some(thread_recorder));
                 runtime.block_on(async move {
                     let mut set = JoinSet::new();
                     for i in 0..count {
@@ -305,6 +326,8 @@ pub fn start(plan: Plan, start: Instant, stop: CancellationToken) -> RunHandle {
                         }
                     }
                 });
+                // Dropping it flushes what it holds, before the thread counts as ended.
+                drop(RECORDER.take());
             });
         match spawned {
             Ok(_) => running += 1,
@@ -343,7 +366,7 @@ async fn worker(shared: Shared, w: u32) {
         start,
         next,
         sent,
-        pending,
+        pending: _,
         first_send_us,
         cut_short,
         stop,
@@ -364,7 +387,6 @@ async fn worker(shared: Shared, w: u32) {
     let level = f64::from(w) + 0.5;
     let end_at = plan.duration.map(|d| start + d);
     let mut pacer = Pacer::new();
-    let mut recorder = Recorder::with_requests(start, pending, targets.len(), targets.is_mix());
     let start_at = tokio::time::Instant::from_std(start);
     let needed_at_start = ramp.as_ref().is_none_or(|c| c.at(0.0) > level);
     if Instant::now() < start && needed_at_start {
@@ -390,15 +412,24 @@ async fn worker(shared: Shared, w: u32) {
     let mut first = true;
     loop {
         if stop.is_cancelled() {
-            cut_short.store(true, Ordering::Relaxed);
+            // Cut short only if work was left: a stop that comes as the last request
+            // completes (or as the duration ends) stops nothing.
+            let left = next.load(Ordering::Relaxed) < plan.requests
+                && end_at.is_none_or(|end| Instant::now() < end);
+            if left {
+                cut_short.store(true, Ordering::Relaxed);
+            }
             break;
         }
+        // The ramping model reads the clock here; its closed-model send time reuses it.
+        let mut ramp_now = None;
         if let Some(curve) = &ramp {
             let now = Instant::now();
+            ramp_now = Some(now);
             let t = now.saturating_duration_since(start).as_secs_f64();
             if curve.at(t) <= level {
                 // Not needed now: retire the connection until the plan needs it again.
-                recorder.flush();
+                recorder(Recorder::flush);
                 for conn in &mut conns {
                     conn.disconnect();
                 }
@@ -426,7 +457,7 @@ async fn worker(shared: Shared, w: u32) {
             };
             let now = Instant::now();
             if due > now {
-                recorder.flush_if_stale(now);
+                recorder(|r| r.flush_if_stale(now));
                 tokio::select! {
                     _ = pacer.wait_until(due) => {}
                     _ = stop.cancelled() => {
@@ -438,7 +469,7 @@ async fn worker(shared: Shared, w: u32) {
             let waited = free_since.saturating_duration_since(due);
             (due, waited > LATE_AFTER, waited > Duration::ZERO)
         } else {
-            let now = Instant::now();
+            let now = ramp_now.unwrap_or_else(Instant::now);
             if end_at.is_some_and(|end| now >= end) {
                 break;
             }
@@ -451,7 +482,7 @@ async fn worker(shared: Shared, w: u32) {
             first_send_us.fetch_min(us, Ordering::Relaxed);
         }
         if open && !queued {
-            recorder.record_send_lag(sent_at.saturating_duration_since(from));
+            recorder(|r| r.record_send_lag(sent_at.saturating_duration_since(from)));
         }
         let r = targets.pick(k);
         let target = targets.get(r);
@@ -463,7 +494,7 @@ async fn worker(shared: Shared, w: u32) {
         sent.fetch_add(1, Ordering::Relaxed);
         let end = Instant::now();
         free_since = end;
-        recorder.record_request(r, outcome, from, sent_at, end, late);
+        recorder(|rec| rec.record_request(r, outcome, from, sent_at, end, late));
     }
 }
 

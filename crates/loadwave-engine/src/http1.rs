@@ -163,11 +163,6 @@ impl ResponseReader {
         }
     }
 
-    /// Ready for the next response.
-    pub fn reset(&mut self) {
-        *self = ResponseReader::new(self.head_request);
-    }
-
     /// Ready for the response to a request of this kind (`HEAD` or not).
     pub fn reset_for(&mut self, head_request: bool) {
         *self = ResponseReader::new(head_request);

@@ -1,9 +1,10 @@
 //! Recording what requests did, without a lock per request.
 //!
-//! Each worker records into its own [`Bucket`] for the second of the test it is in. When a
-//! completion falls into a later second (or the worker is about to idle), the worker
-//! merges its bucket into the driver's [`Pending`] set, one short lock per worker per
-//! second, and reuses its allocation. The reporter drains [`Pending`] every second.
+//! Each engine thread's [`Recorder`] (its workers share it) records into a [`Bucket`] for
+//! the second of the test it is in. When a completion falls into a later second (or a
+//! worker is about to idle), the recorder merges its buckets into the driver's [`Pending`]
+//! set, one short lock per thread per second, and reuses their allocations. The reporter
+//! drains [`Pending`] every second.
 //!
 //! A test with a request mix records into one bucket per request of the mix, so each
 //! request's figures (and histogram) travel on their own and merge into per-request
@@ -214,8 +215,8 @@ impl Pending {
     }
 }
 
-/// A worker's recorder: a local bucket per request of the mix, flushed to [`Pending`]
-/// when the second changes.
+/// An engine thread's recorder: a local bucket per request of the mix, flushed to
+/// [`Pending`] when the second changes.
 pub struct Recorder {
     start: Instant,
     second: u32,

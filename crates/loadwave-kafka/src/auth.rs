@@ -7,16 +7,16 @@
 //! it with [`MskIamTokens`].
 //!
 //! The context is also where librdkafka's own error and log callbacks arrive: once a bus
-//! owns the client ([`AuthContext::with_health`]), trouble reaching the broker goes to the
-//! bus's [`BusHealth`] (one line when it starts, one when it ends) instead of a line per
-//! callback, several a second for as long as the broker is away.
+//! owns the client ([`AuthContext::quiet_outages`]), trouble reaching the broker goes to
+//! debug, because the bus's probe and its [`loadwave_bus::BusHealth`] tell the outage (one
+//! line when it starts, one when it ends) instead of a line per callback, several a second
+//! for as long as the broker is away.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use aws_config::Region;
 use aws_msk_iam_sasl_signer::generate_auth_token;
-use loadwave_bus::BusHealth;
 use rdkafka::client::{ClientContext, OAuthToken};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::ConsumerContext;
@@ -129,8 +129,8 @@ impl MskIamTokens {
 #[derive(Clone, Default)]
 pub struct AuthContext {
     iam: Option<Arc<MskIamTokens>>,
-    /// Where connectivity trouble goes instead of the log, once a bus owns the client.
-    health: Option<Arc<BusHealth>>,
+    /// Connectivity trouble goes to debug (a bus owns the client and tells outages).
+    quiet_outages: bool,
 }
 
 impl AuthContext {
@@ -138,14 +138,14 @@ impl AuthContext {
     pub fn for_auth(auth: KafkaAuth) -> AuthContext {
         AuthContext {
             iam: (auth == KafkaAuth::MskIam).then(|| Arc::new(MskIamTokens::default())),
-            health: None,
+            quiet_outages: false,
         }
     }
 
-    /// The same context, telling `health` about an unreachable broker rather than
-    /// logging every callback librdkafka makes about it.
-    pub fn with_health(mut self, health: Arc<BusHealth>) -> AuthContext {
-        self.health = Some(health);
+    /// The same context for a client a bus owns: the bus's health tells an unreachable
+    /// broker, so librdkafka's callbacks about it go to debug.
+    pub fn quiet_outages(mut self) -> AuthContext {
+        self.quiet_outages = true;
         self
     }
 
@@ -231,7 +231,7 @@ const CONNECTION_FACILITIES: [&str; 13] = [
 
 impl AuthContext {
     fn route_error(&self, error: &rdkafka::error::KafkaError, reason: &str) {
-        if self.health.is_some() && is_connectivity(error.rdkafka_error_code()) {
+        if self.quiet_outages && is_connectivity(error.rdkafka_error_code()) {
             // The bus's probe decides when the broker is gone and back (one source, so
             // the log does not flap between clients); this is detail.
             tracing::debug!(target: "librdkafka", %error, %reason, "kafka client error");
@@ -241,7 +241,7 @@ impl AuthContext {
     }
 
     fn route_log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        let outage_noise = self.health.is_some() && CONNECTION_FACILITIES.contains(&facility);
+        let outage_noise = self.quiet_outages && CONNECTION_FACILITIES.contains(&facility);
         match level {
             _ if outage_noise => {
                 tracing::debug!(target: "librdkafka", facility, message, "kafka client")

@@ -178,7 +178,7 @@ impl KafkaBus {
             .set("message.timeout.ms", MESSAGE_TIMEOUT_MS);
         config.apply_options(&mut c);
         let producer: FutureProducer<AuthContext> =
-            c.create_with_context(config.context().with_health(health.clone()))?;
+            c.create_with_context(config.context().quiet_outages())?;
         let bus = KafkaBus {
             config,
             producer,
@@ -188,11 +188,6 @@ impl KafkaBus {
         bus.ensure_topics().await?;
         bus.spawn_probe();
         Ok(bus)
-    }
-
-    /// The bus's view of its broker.
-    pub fn bus_health(&self) -> &Arc<BusHealth> {
-        &self.health
     }
 
     /// Asks the broker for the heartbeat topic's metadata every second, on a thread of
@@ -233,7 +228,7 @@ impl KafkaBus {
     pub async fn ensure_topics(&self) -> Result<(), KafkaError> {
         let mut c = self.config.client();
         self.config.apply_options(&mut c);
-        let context = self.config.context().with_health(self.health.clone());
+        let context = self.config.context().quiet_outages();
         let admin: AdminClient<AuthContext> = c.create_with_context(context.clone())?;
         if let Some(iam) = context.iam() {
             // rdkafka's admin client does not relay token refreshes; it lives for this
@@ -314,7 +309,7 @@ impl Bus for KafkaBus {
             .set("heartbeat.interval.ms", "1000");
         self.config.apply_options(&mut c);
         let consumer: StreamConsumer<AuthContext> = c
-            .create_with_context(self.config.context().with_health(self.health.clone()))
+            .create_with_context(self.config.context().quiet_outages())
             .map_err(|e| BusError::Subscribe(e.to_string()))?;
         let names: Vec<String> = topics.iter().map(|t| self.config.topic_name(*t)).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();

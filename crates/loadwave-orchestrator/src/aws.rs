@@ -139,8 +139,10 @@ impl Backend for StoreBackend {
             match self.store.save(&mut state, Some(&version)).await {
                 Ok(_) => {
                     for m in &messages {
-                        // The stop is recorded; the schedule sends its trigger again until
-                        // every driver has acted on it, so an unreachable bus only delays it.
+                        // The stop is recorded: a running test's trigger goes out again
+                        // with every schedule until its drivers act on it, and a pending
+                        // test's tasks are released below, so an unreachable bus only
+                        // delays it.
                         if let Err(e) =
                             publish_within(self.bus.as_ref(), m, self.publish_wait).await
                         {

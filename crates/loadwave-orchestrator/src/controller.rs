@@ -18,8 +18,9 @@
 //! what it sends (configurations, triggers) to a bounded outbox, and a task of its own
 //! publishes it, in order and in batches. While the broker is away the loop goes on
 //! reading, folding, persisting and serving; the outbox fills up to [`OUTBOX_BOUND`]
-//! messages, then drops the newest (the core sends configurations and triggers again
-//! every second until drivers act on them, so nothing is lost for good).
+//! messages, then drops the newest. Nothing is lost for good: the core sends
+//! configurations and triggers again every second until drivers act on them, and a stop
+//! for a test that already ended again while a driver still says it holds that test.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -198,7 +199,7 @@ impl Orchestrator {
             let n = self
                 .dropped
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if n.is_power_of_two() {
+            if (n + 1).is_power_of_two() {
                 tracing::debug!(
                     dropped = n + 1,
                     "outbox full; message dropped (it is sent again)"
@@ -269,7 +270,7 @@ impl Orchestrator {
         if flushed < waiting {
             tracing::warn!(
                 unsent = waiting - flushed,
-                "messages not published before shutting down (the bus did not take them); configurations and triggers are sent again from the stored state on the next start"
+                "messages not published before shutting down (the bus did not take them); the next start sends them again from the stored tests and the drivers' heartbeats"
             );
         }
     }

@@ -141,19 +141,6 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     shutdown.cancel();
     controller.await??;
-    leave(&*bus);
+    loadwave_bus::stop::leave(&*bus);
     Ok(())
-}
-
-/// Every test is written; with the broker gone, closing the Kafka clients would wait for
-/// it (a consumer's close leaves its group through the broker), so the process leaves
-/// without. With the broker there they close normally, committing what was processed.
-fn leave(bus: &dyn Bus) {
-    if !bus.health().reachable {
-        tracing::info!(
-            "stopped; leaving without closing the Kafka clients (the broker is unreachable)"
-        );
-        std::process::exit(0);
-    }
-    tracing::info!("stopped");
 }

@@ -336,10 +336,7 @@ impl Profile {
     pub fn due_s(&self, index: u32, k: u64) -> Option<f64> {
         match &self.pacing {
             Pacing::Delay { delay_s } => Some(k as f64 * delay_s),
-            Pacing::Arrival(curve) => {
-                let j = k * u64::from(self.drivers) + u64::from(index);
-                curve.time_of(j as f64)
-            }
+            Pacing::Arrival(curve) => arrival_due_s(curve, index, self.drivers, k),
             _ => None,
         }
     }
@@ -381,6 +378,16 @@ impl Profile {
             _ => None,
         }
     }
+}
+
+/// On an arrival curve shared by `drivers` drivers: when `driver`'s request `k` is due,
+/// seconds after the start (it is the test's request `k·drivers + driver`); `None` past
+/// the curve's end. The engine paces by it, and the plan counts by the same curve.
+pub fn arrival_due_s(curve: &Curve, driver: u32, drivers: u32, k: u64) -> Option<f64> {
+    let j = k
+        .saturating_mul(u64::from(drivers))
+        .saturating_add(u64::from(driver));
+    curve.time_of(j as f64)
 }
 
 /// A duration for people: `750 ms`, `30 s`, `2 min`, `1 h 30 min`.

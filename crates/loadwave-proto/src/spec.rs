@@ -306,7 +306,7 @@ impl TestSpec {
                 ),
             ));
         }
-        let names: Vec<String> = self.request_list().into_iter().map(|r| r.name).collect();
+        let names = self.mix_names();
         for (i, t) in self.thresholds.iter().enumerate() {
             if let Some(name) = &t.request {
                 if self.requests.is_none() {
@@ -315,7 +315,7 @@ impl TestSpec {
                         format!("`{t}` names request `{name}`, but the test has no requests mix"),
                     ));
                 }
-                if !names.contains(name) {
+                if !names.contains(&name.as_str()) {
                     return Err(SpecError::new(
                         format!("thresholds[{i}]"),
                         format!(
@@ -648,6 +648,15 @@ impl TestSpec {
         self.requests.is_some()
     }
 
+    /// The names of the mix's requests, in order (none without a mix).
+    pub fn mix_names(&self) -> Vec<&str> {
+        self.requests
+            .iter()
+            .flatten()
+            .map(|r| r.name.as_str())
+            .collect()
+    }
+
     /// The requests the test sends, in order: the mix, or the one `target_url`.
     pub fn request_list(&self) -> Vec<ResolvedRequest> {
         match &self.requests {
@@ -687,10 +696,7 @@ impl TestSpec {
     pub fn target_label(&self) -> String {
         match (&self.target_url, &self.requests) {
             (Some(url), _) => url.clone(),
-            (None, Some(mix)) => {
-                let names: Vec<&str> = mix.iter().map(|r| r.name.as_str()).collect();
-                format!("{} requests: {}", mix.len(), names.join(", "))
-            }
+            (None, Some(mix)) => format!("{} requests: {}", mix.len(), self.mix_names().join(", ")),
             (None, None) => String::new(),
         }
     }

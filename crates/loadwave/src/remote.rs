@@ -3,8 +3,6 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Args;
@@ -262,22 +260,14 @@ pub fn start(remote: &Remote, args: StartArgs) -> u8 {
 /// Polls the test until it ends. Ctrl-C asks the orchestrator to stop it (a second
 /// Ctrl-C leaves at once).
 fn follow(client: &Client, id: &str, show_progress: bool) -> Result<TestView, Failure> {
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let flag = interrupted.clone();
-        let _ = ctrlc_handler(move || {
-            if flag.swap(true, Ordering::SeqCst) {
-                std::process::exit(i32::from(exit::ERROR));
-            }
-            // An orchestrator that does not answer cannot hold the command past the
-            // deadline.
-            loadwave_bus::stop::arm_deadline(i32::from(exit::ERROR));
-        });
-    }
+    // A second Ctrl-C leaves at once, and an orchestrator that does not answer cannot hold
+    // the command past the stop deadline.
+    let interrupted = tokio_util::sync::CancellationToken::new();
+    let _ = on_signals_in_background(interrupted.clone());
     let mut stop_sent = false;
     let mut failures = 0;
     loop {
-        if interrupted.load(Ordering::SeqCst) && !stop_sent {
+        if interrupted.is_cancelled() && !stop_sent {
             stop_sent = true;
             eprintln!("\nstopping test {id} (Ctrl-C again to leave it running)");
             let _ = client.call("POST", &format!("/tests/{id}/stop"), None);
@@ -308,21 +298,14 @@ fn follow(client: &Client, id: &str, show_progress: bool) -> Result<TestView, Fa
     }
 }
 
-/// Runs `f` on every SIGINT or SIGTERM, from a thread of its own (the CLI's remote
-/// commands are synchronous).
-fn ctrlc_handler(f: impl Fn() + Send + 'static) -> std::io::Result<()> {
+/// [`loadwave_bus::stop::on_signals`] for the CLI's remote commands, which are
+/// synchronous: the watcher runs on a runtime in a thread of its own.
+fn on_signals_in_background(stop: tokio_util::sync::CancellationToken) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut signals = runtime.block_on(async { loadwave_bus::stop::Signals::new() })?;
-    std::thread::spawn(move || {
-        runtime.block_on(async {
-            loop {
-                signals.next().await;
-                f();
-            }
-        })
-    });
+    runtime.block_on(async { loadwave_bus::stop::on_signals(stop, i32::from(exit::ERROR)) })?;
+    std::thread::spawn(move || runtime.block_on(std::future::pending::<()>()));
     Ok(())
 }
 

@@ -104,18 +104,14 @@ async fn run_local(
         )));
     }
 
-    // Ctrl-C or SIGTERM stops the test: in-flight requests finish and are counted, within
-    // the stop deadline (a stalled target cannot hold the process longer); a second
+    // Ctrl-C or SIGTERM stops the test: in-flight requests that finish within the stop
+    // deadline are counted (a stalled target cannot hold the process longer); a second
     // signal exits at once.
-    let mut signals = loadwave_bus::stop::Signals::new()?;
+    let interrupted = tokio_util::sync::CancellationToken::new();
+    loadwave_bus::stop::on_signals(interrupted.clone(), i32::from(exit::ERROR))?;
     let stop = async move {
-        signals.next().await;
+        interrupted.cancelled().await;
         eprintln!("\nstopping: waiting for in-flight requests (Ctrl-C again to abort)");
-        loadwave_bus::stop::arm_deadline(i32::from(exit::ERROR));
-        tokio::spawn(async move {
-            signals.next().await;
-            std::process::exit(i32::from(exit::ERROR));
-        });
     };
     let mut last_draw = 0u64;
     let progress = |state: &TestState| {
