@@ -44,6 +44,8 @@ API="http://127.0.0.1:$ORCHESTRATOR_PORT"
 COMPOSE_NETWORK=host
 ENGINE=podman
 mkdir -p "$CHECK_DIR"
+# The orchestrator's API token (its container listens beyond loopback): LOADWAVE_TOKEN.
+compose_token
 
 timings=()
 stage_start=$SECONDS

@@ -18,6 +18,11 @@
 #
 # Sourced (by compose-check.sh) it only defines the functions.
 #
+# The orchestrator listens on 0.0.0.0 inside its container, so it needs an explicit API
+# token: LOADWAVE_TOKEN if set, else one generated once into .local/$COMPOSE_PROJECT.token
+# (mode 0600) and passed to the container as LOADWAVE_TOKEN. `loadwave --token-file
+# .local/loadwave.token ...` (or LOADWAVE_TOKEN) reaches the API with it.
+#
 # Environment: ORCHESTRATOR_PORT (8000), TARGET_PORT (8080), KAFKA_PORT (9092),
 # KAFKA_CONTROLLER_PORT (KAFKA_PORT + 1, host network only), DRIVERS (3),
 # COMPOSE_PROJECT (loadwave), KAFKA_IMAGE, LOADWAVE_IMAGE_PREFIX, LOADWAVE_IMAGE_TAG,
@@ -157,6 +162,31 @@ compose_settings() {
     TARGET_BASE="http://target:8080"
   fi
   API="http://127.0.0.1:$ORCHESTRATOR_PORT"
+  compose_token
+}
+
+# compose_token: exports LOADWAVE_TOKEN (given, or kept in $TOKEN_FILE, generated once) for
+# the orchestrator container and this script's own API calls.
+compose_token() {
+  TOKEN_FILE="$STATE_DIR/$COMPOSE_PROJECT.token"
+  if [[ -n ${LOADWAVE_TOKEN:-} ]]; then
+    (umask 077 && printf '%s\n' "$LOADWAVE_TOKEN" >"$TOKEN_FILE")
+  elif [[ ! -s $TOKEN_FILE ]]; then
+    (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$TOKEN_FILE" && echo >>"$TOKEN_FILE")
+  fi
+  chmod 600 "$TOKEN_FILE"
+  LOADWAVE_TOKEN=$(tr -d ' \n' <"$TOKEN_FILE")
+  export LOADWAVE_TOKEN
+}
+
+# api_get PATH: GET PATH from the orchestrator with the token (bash's /dev/tcp only).
+api_get() {
+  (
+    exec 3<>"/dev/tcp/127.0.0.1/$ORCHESTRATOR_PORT" || exit 1
+    printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1:%s\r\nAuthorization: Bearer %s\r\n\r\n' \
+      "$1" "$ORCHESTRATOR_PORT" "$LOADWAVE_TOKEN" >&3
+    cat <&3
+  ) 2>/dev/null
 }
 
 # ports_free PORT...: nothing listens there on 127.0.0.1.
@@ -170,7 +200,7 @@ ports_free() {
 }
 
 count_idle_drivers() {
-  http_get 127.0.0.1 "$ORCHESTRATOR_PORT" /drivers | grep -o '"state":"idle"' | wc -l
+  api_get /drivers | grep -o '"state":"idle"' | wc -l
 }
 
 # wait_stack SECONDS: the orchestrator is ready (/readyz: up and its Kafka reachable), the
@@ -192,7 +222,7 @@ wait_stack() {
 # disagree. Plain HTTP from python3's standard library, no proxy.
 run_api_test() {
   python3 - "$API" "http://127.0.0.1:$TARGET_PORT/metrics" "$1" "$2" <<'PY'
-import json, sys, time, urllib.request
+import json, os, sys, time, urllib.request
 
 api, metrics_url, name, spec = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -201,6 +231,8 @@ def call(url, body=None):
     req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
                                  headers={"content-type": "application/json"},
                                  method="GET" if body is None else "POST")
+    if url.startswith(api):
+        req.add_header("authorization", "Bearer " + os.environ["LOADWAVE_TOKEN"])
     with http.open(req, timeout=15) as resp:
         return json.load(resp)
 
@@ -294,12 +326,13 @@ _cli() {
 
 The stack is up ($ENGINE, project $COMPOSE_PROJECT, $COMPOSE_NETWORK network):
   REST API      $API/tests   (OpenAPI: $API/openapi.json)
+  API token     $TOKEN_FILE
   drivers       $API/drivers
   target        $TARGET_BASE/ping, as the drivers reach it (counts: http://127.0.0.1:$TARGET_PORT/metrics)
   engine        DOCKER_HOST=$DOCKER_HOST
 
 Try:
-  loadwave start --orchestrator $API --target-url $TARGET_BASE/ping --test-type avalanche --drivers $DRIVERS --requests-per-driver 10000 --wait
+  loadwave start --orchestrator $API --token-file $TOKEN_FILE --target-url $TARGET_BASE/ping --test-type avalanche --drivers $DRIVERS --requests-per-driver 10000 --wait
   $0 logs
   $0 down
 TXT

@@ -4,6 +4,9 @@
 # test through the REST API with `loadwave start --wait`. The stack stays up;
 # `make local-down` stops everything this started.
 #
+# The orchestrator writes its API token to .local/orchestrator/token (mode 0600); the
+# `loadwave` CLI finds it there when run from the repository root (or give --data-dir).
+#
 # Environment: KAFKA_PORT (9092), ORCHESTRATOR_PORT (8000), TARGET_PORT (8080),
 # DRIVERS (3).
 set -euo pipefail
@@ -16,6 +19,8 @@ TARGET_PORT=${TARGET_PORT:-8080}
 DRIVERS=${DRIVERS:-3}
 BIN="$ROOT/target/release"
 API="http://127.0.0.1:$ORCHESTRATOR_PORT"
+DATA_DIR="$STATE_DIR/orchestrator"
+TOKEN_FILE="$DATA_DIR/token"
 
 down() {
   for pidfile in "$STATE_DIR"/driver-*.pid; do
@@ -27,8 +32,20 @@ down() {
   log "local stack stopped"
 }
 
+# api_get PATH: GET PATH from the orchestrator with its token (bash's /dev/tcp only).
+api_get() {
+  local token
+  token=$(cat "$TOKEN_FILE" 2>/dev/null) || return 1
+  (
+    exec 3<>"/dev/tcp/127.0.0.1/$ORCHESTRATOR_PORT" || exit 1
+    printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1:%s\r\nAuthorization: Bearer %s\r\n\r\n' \
+      "$1" "$ORCHESTRATOR_PORT" "$token" >&3
+    cat <&3
+  ) 2>/dev/null
+}
+
 count_idle_drivers() {
-  http_get 127.0.0.1 "$ORCHESTRATOR_PORT" /drivers | grep -o '"state":"idle"' | wc -l
+  api_get /drivers | grep -o '"state":"idle"' | wc -l
 }
 
 up() {
@@ -44,8 +61,10 @@ up() {
   wait_http 127.0.0.1 "$TARGET_PORT" /healthz 20 || die "the target did not come up; see $STATE_DIR/target.log"
 
   log "starting loadwave-orchestrator on $API (pool launcher, data in .local/orchestrator)"
+  # A new token each start (written to $TOKEN_FILE before the API listens).
+  rm -f "$TOKEN_FILE"
   start_bg orchestrator "$BIN/loadwave-orchestrator" --listen "127.0.0.1:$ORCHESTRATOR_PORT" \
-    --brokers "127.0.0.1:$KAFKA_PORT" --data-dir "$STATE_DIR/orchestrator" --launcher pool
+    --brokers "127.0.0.1:$KAFKA_PORT" --data-dir "$DATA_DIR" --launcher pool
   wait_http 127.0.0.1 "$ORCHESTRATOR_PORT" /readyz 30 \
     || die "the orchestrator did not become ready (/readyz); see $STATE_DIR/orchestrator.log"
 
@@ -62,12 +81,12 @@ up() {
 
   local url="http://127.0.0.1:$TARGET_PORT/ping"
   log "demo 1/2: Avalanche — $DRIVERS drivers × 20,000 requests, 16 in flight each, over Kafka"
-  "$BIN/loadwave" start --orchestrator "$API" --wait --name "demo avalanche" \
+  "$BIN/loadwave" start --orchestrator "$API" --data-dir "$DATA_DIR" --wait --name "demo avalanche" \
     --target-url "$url" --test-type avalanche --drivers "$DRIVERS" --requests-per-driver 20000 \
     --concurrency 16 --threshold 'p99 < 100ms' --threshold 'error_rate < 1%'
 
   log "demo 2/2: Tsunami — $DRIVERS drivers × 400 requests, one every 5 ms per driver, target answering in 2 ms"
-  "$BIN/loadwave" start --orchestrator "$API" --wait --name "demo tsunami" \
+  "$BIN/loadwave" start --orchestrator "$API" --data-dir "$DATA_DIR" --wait --name "demo tsunami" \
     --target-url "$url?delay_ms=2" --test-type tsunami --drivers "$DRIVERS" --requests-per-driver 400 \
     --concurrency 8 --delay-ms 5 --threshold 'p99 < 50ms'
 
@@ -75,12 +94,14 @@ up() {
 
 The stack is up:
   REST API      $API/tests   (OpenAPI: $API/openapi.json)
+  API token     $TOKEN_FILE   (curl -H "Authorization: Bearer \$(cat $TOKEN_FILE)" $API/tests)
+  web console   the one-time login URL in $STATE_DIR/orchestrator.log
   drivers       $API/drivers
   target        $url   (its counts: http://127.0.0.1:$TARGET_PORT/metrics)
   Kafka         127.0.0.1:$KAFKA_PORT
   logs          $STATE_DIR/*.log
 
-Try:
+Try (from $ROOT, where loadwave finds the token; elsewhere add --data-dir $DATA_DIR):
   $BIN/loadwave list
   $BIN/loadwave start --target-url $url --test-type avalanche --drivers 2 --requests-per-driver 10000 --wait
   $BIN/loadwave report ID -o report.html

@@ -6,6 +6,7 @@
 #   ensure_pyenv   a venv with moto (the AWS emulation), boto3 and confluent-kafka; sets LW_PY
 #   ensure_rie     the AWS Lambda runtime interface emulator, built with Go;      sets LW_RIE
 #   ensure_nginx   nginx from Debian (the system's package manager)  sets LOADWAVE_TEST_NGINX
+#   ensure_schemathesis  schemathesis (PyPI) in a venv of its own;          sets LW_SCHEMATHESIS
 #
 # Only package registries are used: PyPI through pip, the Go module proxy through `go install`,
 # Debian's archive through apt.
@@ -107,4 +108,31 @@ ensure_nginx() {
     bin=/usr/sbin/nginx
   fi
   export LOADWAVE_TEST_NGINX="$bin"
+}
+
+# Schemathesis (PyPI), in a venv of its own so its dependencies never meet moto's. Pinned so
+# every machine runs the same checks. Sets LW_SCHEMATHESIS.
+LW_SCHEMATHESIS_VERSION=4.32.5
+
+_lw_schemathesis_ready() {
+  local venv="$LW_CACHE/schemathesis"
+  [[ -x $venv/bin/schemathesis && "$(cat "$venv/.loadwave-version" 2>/dev/null)" == "$LW_SCHEMATHESIS_VERSION" ]]
+}
+
+_lw_install_schemathesis() {
+  _lw_schemathesis_ready && return 0
+  local venv="$LW_CACHE/schemathesis"
+  log "installing schemathesis $LW_SCHEMATHESIS_VERSION from PyPI into $venv (once)"
+  rm -rf "$venv"
+  timeout 120 python3 -m venv "$venv" \
+    || die "python3 -m venv failed (on Debian: apt-get install python3-venv)"
+  timeout 900 "$venv/bin/python" -m pip install -q --disable-pip-version-check \
+    "schemathesis==$LW_SCHEMATHESIS_VERSION" \
+    || { rm -rf "$venv"; die "pip install schemathesis failed"; }
+  echo "$LW_SCHEMATHESIS_VERSION" >"$venv/.loadwave-version"
+}
+
+ensure_schemathesis() {
+  _lw_schemathesis_ready || _lw_locked _lw_install_schemathesis || die "could not set up schemathesis"
+  export LW_SCHEMATHESIS="$LW_CACHE/schemathesis/bin/schemathesis"
 }

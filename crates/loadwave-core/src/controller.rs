@@ -144,7 +144,8 @@ impl TestListItem {
     /// The list line of `state`.
     pub fn of(state: &TestState) -> TestListItem {
         let spec = state.spec();
-        let view = state.view();
+        // The summary alone: the timeline is what grows with the test.
+        let (summary, verdict) = state.headline();
         TestListItem {
             id: state.id().to_string(),
             name: spec.name.clone(),
@@ -153,11 +154,11 @@ impl TestListItem {
             target_url: spec.target_label(),
             drivers: spec.drivers,
             created_at_ms: state.created_at_ms(),
-            finished_at_ms: view.finished_at_ms,
-            requests: view.summary.requests,
-            rps: view.summary.rps,
-            p99_ms: view.summary.latency_ms.p99,
-            passed: view.verdict.map(|v| v.passed),
+            finished_at_ms: state.finished_at_ms,
+            requests: summary.requests,
+            rps: summary.rps,
+            p99_ms: summary.latency_ms.p99,
+            passed: verdict.map(|v| v.passed),
         }
     }
 }
@@ -170,8 +171,80 @@ pub struct BusStats {
     pub malformed: u64,
     /// Messages naming a test this orchestrator does not know.
     pub unknown_test: u64,
-    /// Reports about a known test that could not be used.
+    /// Reports about a known test that could not be used (a bound broken, a histogram
+    /// that does not decode): rejected whole.
     pub rejected: u64,
+    /// Registrations and heartbeats of new drivers turned away because the registry
+    /// held [`MAX_REGISTERED_DRIVERS`] already.
+    #[serde(default)]
+    pub registry_full: u64,
+}
+
+/// A log line at most once a second, with how many were held back since the last one: a
+/// flood of bad messages costs a counter, not a log line each.
+#[derive(Debug, Clone, Default)]
+pub struct LogLimiter {
+    last_ms: Option<u64>,
+    held: u64,
+}
+
+impl LogLimiter {
+    /// Whether to log now (`now_ms`, any clock); `Some(n)` when so, `n` being the lines
+    /// held back since the last one.
+    pub fn allow(&mut self, now_ms: u64) -> Option<u64> {
+        if self
+            .last_ms
+            .is_some_and(|t| now_ms < t.saturating_add(1_000) && now_ms >= t)
+        {
+            self.held = self.held.saturating_add(1);
+            return None;
+        }
+        self.last_ms = Some(now_ms);
+        Some(std::mem::take(&mut self.held))
+    }
+}
+
+/// Drivers the registry holds at most: ids in registrations and heartbeats are anyone's
+/// to make up, and each would otherwise stay for [`DRIVER_FORGET_MS`].
+pub const MAX_REGISTERED_DRIVERS: usize = 10_000;
+
+/// `GET /tests` answers this many tests when no limit is given.
+pub const LIST_DEFAULT_LIMIT: usize = 100;
+/// `GET /tests` answers at most this many tests a page.
+pub const LIST_MAX_LIMIT: usize = 1_000;
+
+/// A page of `GET /tests`: newest first, `limit` tests at most, starting after the test
+/// `cursor` (the last id of the previous page).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
+pub struct ListQuery {
+    /// Tests on the page, 1 to 1000 (default 100).
+    #[cfg_attr(feature = "openapi", param(minimum = 1, maximum = 1000))]
+    pub limit: Option<usize>,
+    /// The id of the last test of the previous page: this page starts after it.
+    #[cfg_attr(feature = "openapi", param(max_length = 64))]
+    pub cursor: Option<String>,
+}
+
+impl ListQuery {
+    /// The limit to apply: the default when none is given, at most [`LIST_MAX_LIMIT`].
+    pub fn limit(&self) -> usize {
+        self.limit
+            .unwrap_or(LIST_DEFAULT_LIMIT)
+            .clamp(1, LIST_MAX_LIMIT)
+    }
+
+    /// The page of `items` (sorted newest first, i.e. by id descending) this query asks
+    /// for.
+    pub fn page(&self, items: impl IntoIterator<Item = TestListItem>) -> Vec<TestListItem> {
+        let cursor = self.cursor.as_deref();
+        items
+            .into_iter()
+            .filter(|i| cursor.is_none_or(|c| i.id.as_str() < c))
+            .take(self.limit())
+            .collect()
+    }
 }
 
 /// Why a stop was refused.
@@ -224,6 +297,11 @@ pub struct ControllerCore {
     stats: BusStats,
     /// Reports deferred because a timeline chunk they touch is not in memory.
     needs_chunks: BTreeSet<(String, u32)>,
+    /// Finished tests whose last snapshot is written: their list line only. The rest is
+    /// in the store, read on demand.
+    summaries: BTreeMap<String, TestListItem>,
+    /// Rejected and skipped messages are logged at most once a second.
+    log: LogLimiter,
     /// When the driver registry was last swept of forgotten drivers.
     swept_ms: u64,
 }
@@ -243,6 +321,8 @@ impl ControllerCore {
             outbox: Vec::new(),
             stats: BusStats::default(),
             needs_chunks: BTreeSet::new(),
+            summaries: BTreeMap::new(),
+            log: LogLimiter::default(),
             swept_ms: 0,
         }
     }
@@ -272,14 +352,56 @@ impl ControllerCore {
         )
     }
 
-    /// A test.
+    /// Adds a finished test by its list line (its state stays in the store).
+    pub fn insert_summary(&mut self, item: TestListItem) {
+        self.tests.remove(&item.id);
+        self.summaries.insert(item.id.clone(), item);
+    }
+
+    /// A test held in memory: unfinished, or finished and not yet written.
     pub fn test(&self, id: &str) -> Option<&TestState> {
         self.tests.get(id)
+    }
+
+    /// A finished test held as its list line only (see [`ControllerCore::insert_summary`]).
+    pub fn summary(&self, id: &str) -> Option<&TestListItem> {
+        self.summaries.get(id)
+    }
+
+    /// Whether the test ended, wherever it is held; `None` if unknown.
+    pub fn is_finished(&self, id: &str) -> Option<bool> {
+        match self.tests.get(id) {
+            Some(t) => Some(t.is_finished()),
+            None => self.summaries.get(id).map(|_| true),
+        }
+    }
+
+    /// Puts the body of stored timeline chunk `chunk` of test `id` back into memory (a
+    /// shell that loaded it for a deferred report, or for a view).
+    pub fn restore_chunk(
+        &mut self,
+        id: &str,
+        chunk: u32,
+        body: &[u8],
+    ) -> Result<(), crate::SnapshotError> {
+        match self.tests.get_mut(id) {
+            Some(t) => t.restore_chunk(chunk, body),
+            None => Ok(()),
+        }
     }
 
     /// Every test, by id.
     pub fn tests(&self) -> impl Iterator<Item = &TestState> {
         self.tests.values()
+    }
+
+    /// Forgets a test that was deleted from the store, with what is pending for it.
+    pub fn forget(&mut self, id: &str) -> Option<TestState> {
+        self.dirty.remove(id);
+        self.persisted.remove(id);
+        self.needs_chunks.retain(|(t, _)| t != id);
+        self.summaries.remove(id);
+        self.tests.remove(id)
     }
 
     fn touch(&mut self, id: &str) {
@@ -301,12 +423,14 @@ impl ControllerCore {
         }
     }
 
-    fn mark(&mut self, id: &str, applied: Applied) {
+    fn mark(&mut self, id: &str, applied: Applied, now_ms: u64) {
         match applied {
             Applied::Changed => self.touch(id),
             Applied::Rejected(reason) => {
-                self.stats.rejected += 1;
-                tracing::warn!(test_id = id, %reason, "report rejected");
+                self.stats.rejected = self.stats.rejected.saturating_add(1);
+                if let Some(held) = self.log.allow(now_ms) {
+                    tracing::warn!(test_id = id, %reason, rejected_in_all = self.stats.rejected, held_back = held, "report rejected");
+                }
             }
             Applied::NeedsChunk(chunk) => {
                 self.needs_chunks.insert((id.to_string(), chunk));
@@ -329,8 +453,10 @@ impl ControllerCore {
         match Message::decode(payload) {
             Ok(message) => self.ingest(&message, now_ms),
             Err(err) => {
-                self.stats.malformed += 1;
-                tracing::warn!(topic = topic.name(), %err, "malformed message skipped");
+                self.stats.malformed = self.stats.malformed.saturating_add(1);
+                if let Some(held) = self.log.allow(now_ms) {
+                    tracing::warn!(topic = topic.name(), %err, malformed_in_all = self.stats.malformed, held_back = held, "malformed message skipped");
+                }
             }
         }
         self.changes
@@ -340,28 +466,19 @@ impl ControllerCore {
     pub fn ingest(&mut self, message: &Message, now_ms: u64) {
         match message {
             Message::Register(r) => {
-                let entry =
-                    self.drivers
-                        .entry(r.driver_id.clone())
-                        .or_insert_with(|| DriverEntry {
-                            host: String::new(),
-                            pid: 0,
-                            version: String::new(),
-                            activity: Activity::Idle,
-                            test_id: None,
-                            last_heard_ms: now_ms,
-                        });
-                entry.host = r.host.clone();
-                entry.pid = r.pid;
-                entry.version = r.version.clone();
-                entry.last_heard_ms = now_ms;
+                if let Some(entry) = self.registry_entry(&r.driver_id, Activity::Idle, now_ms) {
+                    entry.host = r.host.clone();
+                    entry.pid = r.pid;
+                    entry.version = r.version.clone();
+                    entry.last_heard_ms = now_ms;
+                }
                 match &r.test_id {
                     Some(test_id) => match self.tests.get_mut(test_id) {
                         Some(t) => {
                             let applied = t.apply(message);
-                            self.mark(test_id, applied);
+                            self.mark(test_id, applied, now_ms);
                         }
-                        None => self.unknown(test_id),
+                        None => self.unknown(test_id, now_ms),
                     },
                     None => {
                         let holders: Vec<String> = self
@@ -372,28 +489,19 @@ impl ControllerCore {
                             .collect();
                         for id in holders {
                             let applied = self.tests.get_mut(&id).expect("listed").apply(message);
-                            self.mark(&id, applied);
+                            self.mark(&id, applied, now_ms);
                         }
                     }
                 }
             }
             Message::Heartbeat(h) => {
-                let entry = self
-                    .drivers
-                    .entry(h.driver_id.clone())
-                    // A driver that registered before this controller started: known from
-                    // its heartbeats until it registers again.
-                    .or_insert_with(|| DriverEntry {
-                        host: String::new(),
-                        pid: 0,
-                        version: String::new(),
-                        activity: h.activity,
-                        test_id: None,
-                        last_heard_ms: now_ms,
-                    });
-                entry.activity = h.activity;
-                entry.test_id = h.test_id.clone();
-                entry.last_heard_ms = now_ms;
+                // A driver that registered before this controller started is known from
+                // its heartbeats until it registers again.
+                if let Some(entry) = self.registry_entry(&h.driver_id, h.activity, now_ms) {
+                    entry.activity = h.activity;
+                    entry.test_id = h.test_id.clone();
+                    entry.last_heard_ms = now_ms;
+                }
                 // Every heartbeat moves every running test's bus clock; only the test it
                 // names counts as changed.
                 let active: Vec<String> = self
@@ -405,16 +513,19 @@ impl ControllerCore {
                 for id in active {
                     let applied = self.tests.get_mut(&id).expect("listed").apply(message);
                     if Some(id.as_str()) == h.test_id.as_deref() {
-                        self.mark(&id, applied);
+                        self.mark(&id, applied, now_ms);
                     }
                 }
             }
             Message::Metrics(report) => match self.tests.get_mut(&report.test_id) {
                 Some(t) => {
                     let applied = t.apply(message);
-                    self.mark(&report.test_id, applied);
+                    self.mark(&report.test_id, applied, now_ms);
                 }
-                None => self.unknown(&report.test_id),
+                // A late report for a test that ended and was written: nothing to fold it
+                // into any more.
+                None if self.summaries.contains_key(&report.test_id) => {}
+                None => self.unknown(&report.test_id, now_ms),
             },
             Message::Tick(tick) => {
                 for t in self.tests.values_mut().filter(|t| !t.is_finished()) {
@@ -425,14 +536,59 @@ impl ControllerCore {
         }
     }
 
-    fn unknown(&mut self, test_id: &str) {
-        self.stats.unknown_test += 1;
-        tracing::warn!(test_id, "message for an unknown test skipped");
+    /// The registry's entry for `driver_id`, made if there is room
+    /// ([`MAX_REGISTERED_DRIVERS`]); `None` (counted, logged once a second) if not.
+    fn registry_entry(
+        &mut self,
+        driver_id: &str,
+        activity: Activity,
+        now_ms: u64,
+    ) -> Option<&mut DriverEntry> {
+        if !self.drivers.contains_key(driver_id) {
+            if self.drivers.len() >= MAX_REGISTERED_DRIVERS {
+                self.stats.registry_full = self.stats.registry_full.saturating_add(1);
+                if let Some(held) = self.log.allow(now_ms) {
+                    tracing::warn!(
+                        driver_id,
+                        max = MAX_REGISTERED_DRIVERS,
+                        turned_away_in_all = self.stats.registry_full,
+                        held_back = held,
+                        "driver registry full; new driver not registered"
+                    );
+                }
+                return None;
+            }
+            self.drivers.insert(
+                driver_id.to_string(),
+                DriverEntry {
+                    host: String::new(),
+                    pid: 0,
+                    version: String::new(),
+                    activity,
+                    test_id: None,
+                    last_heard_ms: now_ms,
+                },
+            );
+        }
+        self.drivers.get_mut(driver_id)
+    }
+
+    fn unknown(&mut self, test_id: &str, now_ms: u64) {
+        self.stats.unknown_test = self.stats.unknown_test.saturating_add(1);
+        if let Some(held) = self.log.allow(now_ms) {
+            tracing::warn!(test_id, unknown_in_all = self.stats.unknown_test, held_back = held, "message for an unknown test skipped");
+        }
     }
 
     /// Asks a test's drivers to stop; the stop trigger goes out with the next
     /// [`ControllerCore::poll`].
     pub fn request_stop(&mut self, id: &str, now_ms: u64) -> Result<TestView, StopError> {
+        if let Some(item) = self.summaries.get(id) {
+            return Err(StopError::Finished {
+                id: id.to_string(),
+                status: item.status,
+            });
+        }
         let test = self
             .tests
             .get_mut(id)
@@ -593,7 +749,7 @@ impl ControllerCore {
                     && now_ms.saturating_sub(d.last_heard_ms) <= DRIVER_LIVE_MS
             })
             .filter_map(|d| d.test_id.as_deref())
-            .filter(|id| self.tests.get(*id).is_some_and(TestState::is_finished))
+            .filter(|id| self.is_finished(id) == Some(true))
             .collect();
         ids.into_iter()
             .map(|id| {
@@ -647,6 +803,8 @@ impl ControllerCore {
         let id = snapshot.id.as_str();
         if let Some(test) = self.tests.get_mut(id) {
             test.snapshot_written(snapshot);
+            // What is written and behind every driver need not stay in memory.
+            test.drop_sealed();
         }
         self.persisted
             .insert(id.to_string(), (snapshot.status, now_ms));
@@ -658,6 +816,20 @@ impl ControllerCore {
                 // Changes after the snapshot remain; the first of them is at least this.
                 dirt.first = change + 1;
             }
+        }
+        // A finished test whose every change is written is held as its list line alone:
+        // memory goes to what is live.
+        let written_whole = !self.dirty.contains_key(id)
+            && self.tests.get(id).is_some_and(TestState::is_finished)
+            && snapshot.status.is_finished();
+        if written_whole && let Some(test) = self.tests.remove(id) {
+            let item = snapshot
+                .list_item
+                .clone()
+                .unwrap_or_else(|| TestListItem::of(&test));
+            self.persisted.remove(id);
+            self.needs_chunks.retain(|(t, _)| t != id);
+            self.summaries.insert(id.to_string(), item);
         }
     }
 
@@ -681,9 +853,36 @@ impl ControllerCore {
         self.tests.get(id).map(TestState::view)
     }
 
-    /// Every test, newest first.
-    pub fn list(&self) -> Vec<TestListItem> {
-        self.tests.values().rev().map(TestListItem::of).collect()
+    /// A page of the tests, newest first (ids are time-ordered): the list lines of
+    /// finished tests as held, those of tests in memory computed from their summaries.
+    pub fn list(&self, query: &ListQuery) -> Vec<TestListItem> {
+        let limit = query.limit();
+        let below = |id: &str| query.cursor.as_deref().is_none_or(|c| id < c);
+        // Both maps are ordered by id: walk them newest first, merged, up to the limit.
+        let mut live = self.tests.iter().rev().filter(|(id, _)| below(id)).peekable();
+        let mut done = self
+            .summaries
+            .iter()
+            .rev()
+            .filter(|(id, _)| below(id))
+            .peekable();
+        let mut out = Vec::with_capacity(limit.min(self.tests.len() + self.summaries.len()));
+        while out.len() < limit {
+            let take_live = match (live.peek(), done.peek()) {
+                (Some((a, _)), Some((b, _))) => a > b,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            if take_live {
+                let (_, t) = live.next().expect("peeked");
+                out.push(TestListItem::of(t));
+            } else {
+                let (_, item) = done.next().expect("peeked");
+                out.push(item.clone());
+            }
+        }
+        out
     }
 
     /// The driver registry as of `now_ms`.
@@ -713,7 +912,12 @@ impl ControllerCore {
 
     /// Tests by status.
     pub fn test_counts(&self) -> BTreeMap<String, u64> {
-        count_statuses(self.tests.values().map(TestState::status))
+        count_statuses(
+            self.tests
+                .values()
+                .map(TestState::status)
+                .chain(self.summaries.values().map(|i| i.status)),
+        )
     }
 }
 

@@ -26,7 +26,8 @@ pub mod view;
 
 pub use aggregate::{Aggregate, Latency};
 pub use controller::{
-    Acquired, BusStats, ControllerCore, ControllerOptions, DriverInfo, DriverRequest, StopError,
+    Acquired, BusStats, ControllerCore, ControllerOptions, DriverInfo, DriverRequest,
+    LIST_DEFAULT_LIMIT, LIST_MAX_LIMIT, ListQuery, LogLimiter, MAX_REGISTERED_DRIVERS, StopError,
     TestListItem,
 };
 pub use limits::{Limits, OverLimit};

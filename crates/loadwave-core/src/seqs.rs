@@ -57,6 +57,18 @@ impl SeqSet {
         true
     }
 
+    /// Whether inserting `seq` would add a run (it is neither in the set nor next to a
+    /// number in it): what a bound on the runs checks before an insert.
+    pub fn would_open_run(&self, seq: u64) -> bool {
+        let i = match self.find(seq) {
+            Ok(_) => return false,
+            Err(i) => i,
+        };
+        let joins_prev = i > 0 && self.runs[i - 1].1.checked_add(1) == Some(seq);
+        let joins_next = i < self.runs.len() && seq.checked_add(1) == Some(self.runs[i].0);
+        !joins_prev && !joins_next
+    }
+
     /// How many numbers the set holds.
     pub fn len(&self) -> u64 {
         self.runs.iter().fold(0u64, |n, &(first, last)| {
@@ -145,6 +157,8 @@ mod tests {
         assert_eq!(s.len(), 7);
         assert!(s.contains(0) && s.contains(5) && s.contains(9));
         assert!(!s.contains(6) && !s.contains(8) && !s.contains(10));
+        assert!(!s.would_open_run(6) && !s.would_open_run(8) && !s.would_open_run(4));
+        assert!(s.would_open_run(7) && s.would_open_run(11));
         assert_eq!(s.count_through(3), 4);
         assert_eq!(s.count_through(8), 6);
         assert_eq!(s.count_through(100), 7);

@@ -392,6 +392,50 @@ impl TestState {
         Ok(())
     }
 
+    /// Drops from memory the seconds of sealed chunks that are stored as they are (no
+    /// change since their object was written) and lie behind the late-bucket window of
+    /// every driver still sending (see [`crate::state::BEHIND_SLACK_S`]): a running test
+    /// holds its tail, not its age. Returns how many chunks went.
+    ///
+    /// A report that still needs one (a driver that was lost and came back) gets
+    /// [`crate::Applied::NeedsChunk`], and the shell loads the chunk and folds it again.
+    pub fn drop_sealed(&mut self) -> usize {
+        if self.status.is_finished() {
+            return 0;
+        }
+        let window = self.behind_window();
+        let Some(horizon) = self
+            .drivers
+            .iter()
+            .filter(|d| !d.phase.is_terminal())
+            .map(|d| d.newest_second.map(|s| s.saturating_sub(window)))
+            .min()
+            .flatten()
+        else {
+            return 0;
+        };
+        let book = &self.chunks;
+        let gone: Vec<u32> = book
+            .stored
+            .keys()
+            .copied()
+            .filter(|k| {
+                !book.edits.contains_key(k)
+                    && !book.unloaded.contains(k)
+                    && book.range(*k).end <= horizon
+            })
+            .collect();
+        for &k in &gone {
+            let range = self.chunks.range(k);
+            let seconds: Vec<u32> = self.timeline.range(range).map(|(s, _)| *s).collect();
+            for s in seconds {
+                self.timeline.remove(&s);
+            }
+            self.chunks.unloaded.insert(k);
+        }
+        gone.len()
+    }
+
     /// Memory the timeline's histograms take, roughly: what grows with the test's age.
     pub fn timeline_heap_bytes(&self) -> usize {
         self.timeline

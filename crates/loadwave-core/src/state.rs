@@ -16,8 +16,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use loadwave_proto::{
-    Activity, DriverHealth, DriverTotals, Message, MetricsReport, RecordedCounts, SendLag,
-    TestConfig, TestSpec, Trigger, TriggerAction,
+    Activity, DriverHealth, DriverTotals, Message, MetricsReport, Pacing, Profile,
+    RecordedCounts, SendLag, TestConfig, TestSpec, Trigger, TriggerAction,
 };
 use serde::{Deserialize, Serialize};
 
@@ -115,7 +115,7 @@ pub enum DriverPhase {
 }
 
 impl DriverPhase {
-    fn is_terminal(self) -> bool {
+    pub(crate) fn is_terminal(self) -> bool {
         matches!(
             self,
             DriverPhase::Completed | DriverPhase::Stopped | DriverPhase::Lost
@@ -164,6 +164,10 @@ pub(crate) struct DriverTrack {
     gone_at_ms: Option<u64>,
     /// Bus-alive time when it was last heard from.
     seen_alive_ms: u64,
+    /// The latest second any of its buckets was about: a bucket far behind it is not
+    /// plausible (a request completes within the spec's timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) newest_second: Option<u32>,
     /// What the launcher knows it by (an ECS task ARN), to stop or inspect it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) handle: Option<String>,
@@ -224,6 +228,7 @@ impl DriverTrack {
             send_lag: None,
             gone_at_ms: None,
             seen_alive_ms: 0,
+            newest_second: None,
         }
     }
 
@@ -278,6 +283,9 @@ pub struct TestState {
     #[serde(default, rename = "timeline_chunks", skip_serializing)]
     pub(crate) chunks: ChunkBook,
     pub(crate) duplicates: u64,
+    /// Reports about this test that broke a bound or did not decode, rejected whole.
+    #[serde(default)]
+    pub(crate) rejected: u64,
     /// Where each driver is in `drivers`, by id: every message names its driver, and a
     /// test may have a thousand. Rebuilt when it no longer matches.
     #[serde(skip)]
@@ -288,6 +296,39 @@ pub struct TestState {
     /// [`MAX_CLOCK_STEP_MS`] per observation, so an outage (of the broker, or of this
     /// orchestrator) counts as a single step. Lost-driver detection runs on it.
     alive_ms: u64,
+}
+
+/// Seconds a bucket may lie beyond the plan's end (its duration plus the request
+/// timeout), or beyond what the bus clock says has elapsed since the start when the end is
+/// not known in advance: room for clocks that disagree and a bus that lags.
+pub const SECOND_SLACK_S: u32 = 60;
+/// Seconds, beyond the request timeout, that a bucket may lie behind the newest second its
+/// driver reported. Larger than [`SECOND_SLACK_S`], so a second pushed to the upper bound
+/// cannot make the driver's real seconds look stale.
+pub const BEHIND_SLACK_S: u32 = 120;
+/// The latest second of a test whose end nothing bounds (no plan, no cap, not started):
+/// thirty days.
+pub const MAX_TEST_SECONDS: u32 = 30 * 86_400;
+/// Requests one bucket (a second of one driver) may count: far beyond what a driver
+/// sends, and far enough from `u64::MAX` that no sum of them comes near it.
+pub const MAX_BUCKET_REQUESTS: u64 = 1_000_000_000;
+/// Runs of sequence numbers a driver may leave (gaps of reports not arrived): a driver's
+/// reports form one run, and a few gaps is what a lossy bus leaves.
+pub const MAX_SEQ_RUNS: usize = 1_024;
+
+/// How long the spec's plan runs, seconds, when it is known in advance: its duration
+/// (or stages), or an open model's count at its pace.
+fn planned_s(spec: &TestSpec) -> Option<f64> {
+    let profile = Profile::of(spec);
+    let planned = match (&profile.pacing, profile.duration_s) {
+        (_, Some(d)) => Some(d),
+        (Pacing::Delay { delay_s }, None) => spec.requests_per_driver.map(|n| n as f64 * delay_s),
+        (Pacing::Arrival(curve), None) => spec
+            .requests_per_driver
+            .map(|n| n as f64 * f64::from(spec.drivers.max(1)) / curve.max().max(f64::MIN_POSITIVE)),
+        _ => None,
+    };
+    planned.filter(|p| p.is_finite() && *p >= 0.0)
 }
 
 /// The longest step of bus-alive time one observation may add: the orchestrator's tick
@@ -324,6 +365,7 @@ impl TestState {
             timeline: BTreeMap::new(),
             chunks: ChunkBook::default(),
             duplicates: 0,
+            rejected: 0,
             driver_index: HashMap::new(),
             clock_ms: now_ms,
             alive_ms: 0,
@@ -471,6 +513,109 @@ impl TestState {
         self.duplicates
     }
 
+    /// Reports about this test rejected so far (a bound broken, a histogram that does
+    /// not decode).
+    pub fn rejected(&self) -> u64 {
+        self.rejected
+    }
+
+    /// The latest second a bucket may be about now: the plan's end plus the request
+    /// timeout, or (the end not known in advance) what the bus clock says has elapsed
+    /// since the start; either with [`SECOND_SLACK_S`], and never past the maximum
+    /// duration's end.
+    pub fn max_second(&self) -> u32 {
+        let timeout_s = self.spec.timeout_ms.div_ceil(1_000);
+        let slack = u64::from(SECOND_SLACK_S);
+        let planned = planned_s(&self.spec).map(|p| (p.ceil() as u64).saturating_add(timeout_s));
+        let by_clock = self
+            .start_at_ms
+            .map(|start| self.clock_ms.saturating_sub(start) / 1_000);
+        let cap = self
+            .options
+            .max_duration_ms
+            .map(|ms| (ms / 1_000).saturating_add(timeout_s));
+        let bound = match (planned, by_clock) {
+            (Some(p), _) => p,
+            (None, Some(c)) => c,
+            (None, None) => u64::from(MAX_TEST_SECONDS),
+        };
+        let bound = cap.map_or(bound, |c| bound.min(c)).saturating_add(slack);
+        u32::try_from(bound.min(u64::from(MAX_TEST_SECONDS))).unwrap_or(MAX_TEST_SECONDS)
+    }
+
+    /// The highest sequence number a report may carry now: a driver reports once a second
+    /// (and once more at the end), so twice the seconds allowed is ample.
+    pub fn max_seq(&self) -> u64 {
+        u64::from(self.max_second())
+            .saturating_mul(2)
+            .saturating_add(1_024)
+    }
+
+    /// How far behind its driver's newest second a bucket may lie: the request timeout
+    /// plus [`BEHIND_SLACK_S`].
+    pub(crate) fn behind_window(&self) -> u32 {
+        u32::try_from(self.spec.timeout_ms.div_ceil(1_000))
+            .unwrap_or(u32::MAX)
+            .saturating_add(BEHIND_SLACK_S)
+    }
+
+    /// Why `report` breaks a bound, if it does; `index` is its driver's.
+    fn out_of_bounds(&self, report: &MetricsReport, index: usize) -> Option<String> {
+        let max_seq = self.max_seq();
+        if report.seq > max_seq {
+            return Some(format!(
+                "seq {} is beyond what the test's plan allows (at most {max_seq})",
+                report.seq
+            ));
+        }
+        let d = &self.drivers[index];
+        let seqs = &d.seqs;
+        if seqs.runs().len() >= MAX_SEQ_RUNS && seqs.would_open_run(report.seq) {
+            return Some(format!(
+                "seq {} would leave driver {} with more than {MAX_SEQ_RUNS} gaps in its sequence numbers",
+                report.seq, d.id
+            ));
+        }
+        if let Some((i, b)) = report.buckets.iter().enumerate().find(|(_, b)| {
+            b.requests > MAX_BUCKET_REQUESTS || b.errors > b.requests || b.late > b.requests
+        }) {
+            return Some(format!(
+                "buckets[{i}].requests {} (errors {}, late {}): more than {MAX_BUCKET_REQUESTS} requests, or errors or late requests beyond them",
+                b.requests, b.errors, b.late
+            ));
+        }
+        let max_second = self.max_second();
+        if let Some((i, b)) = report
+            .buckets
+            .iter()
+            .enumerate()
+            .find(|(_, b)| b.second > max_second)
+        {
+            return Some(format!(
+                "buckets[{i}].second {} is beyond the test's end (at most {max_second} now)",
+                b.second
+            ));
+        }
+        let newest = report
+            .buckets
+            .iter()
+            .map(|b| b.second)
+            .chain(d.newest_second)
+            .max()?;
+        let oldest = newest.saturating_sub(self.behind_window());
+        report
+            .buckets
+            .iter()
+            .enumerate()
+            .find(|(_, b)| b.second < oldest)
+            .map(|(i, b)| {
+                format!(
+                    "buckets[{i}].second {} is far behind the driver's newest second {newest} (more than the request timeout plus {BEHIND_SLACK_S} s)",
+                    b.second
+                )
+            })
+    }
+
     fn driver_position(&mut self, id: &str) -> Option<usize> {
         // Drivers are only ever assigned all at once, never removed or reordered.
         if self.driver_index.len() != self.drivers.len() {
@@ -541,8 +686,11 @@ impl TestState {
             return Applied::Ignored;
         };
         if self.drivers[index].seqs.contains(report.seq) {
-            self.duplicates += 1;
+            self.duplicates = self.duplicates.saturating_add(1);
             return Applied::Duplicate;
+        }
+        if let Some(reason) = self.out_of_bounds(report, index) {
+            return self.reject(reason);
         }
         if let Some(bucket) = report
             .buckets
@@ -559,7 +707,7 @@ impl TestState {
             .filter_map(|b| b.request)
             .find(|r| *r as usize >= mix)
         {
-            return Applied::Rejected(format!(
+            return self.reject(format!(
                 "a bucket for request {r} of the mix, but the test's mix has {mix} requests"
             ));
         }
@@ -568,13 +716,35 @@ impl TestState {
             // Merged several times (driver, total, second, and per request of a mix into
             // the latter two): read once, as counts.
             match RecordedCounts::from_base64(&bucket.histogram) {
-                Ok(counts) => histograms.push(counts),
-                Err(err) => return Applied::Rejected(err.to_string()),
+                Ok(counts) => {
+                    // Responses are requests that got an answer: never more than them.
+                    let responses = counts
+                        .values()
+                        .iter()
+                        .fold(0u64, |n, (_, c)| n.saturating_add(*c));
+                    if responses > bucket.requests {
+                        return self.reject(format!(
+                            "buckets[{}].histogram counts {responses} responses of {} requests",
+                            histograms.len(),
+                            bucket.requests
+                        ));
+                    }
+                    histograms.push(counts)
+                }
+                Err(err) => {
+                    return self.reject(format!("buckets[{}].histogram: {err}", histograms.len()));
+                }
             }
         }
         let (clock, alive) = (self.clock_ms, self.alive_ms);
         let d = &mut self.drivers[index];
         d.seqs.insert(report.seq);
+        d.newest_second = report
+            .buckets
+            .iter()
+            .map(|b| b.second)
+            .chain(d.newest_second)
+            .max();
         d.seen(clock, alive);
         if report.start_delay_us.is_some() {
             d.start_delay_us = report.start_delay_us;
@@ -621,6 +791,11 @@ impl TestState {
             self.chunks.touch(bucket.second);
         }
         Applied::Changed
+    }
+
+    fn reject(&mut self, reason: String) -> Applied {
+        self.rejected = self.rejected.saturating_add(1);
+        Applied::Rejected(reason)
     }
 
     /// Asks the drivers to stop. Returns what to publish.

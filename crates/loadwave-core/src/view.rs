@@ -45,6 +45,11 @@ pub struct TestView {
     /// The abort threshold that stopped the test, if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aborted: Option<AbortView>,
+    /// Reports about this test that were rejected whole: a value no plan allows (a second
+    /// beyond the end, a sequence number out of range) or a histogram that does not
+    /// decode. Their requests are not in the figures.
+    #[serde(default)]
+    pub rejected_messages: u64,
 }
 
 /// An abort threshold that broke and stopped the test.
@@ -196,6 +201,9 @@ impl SendLagMs {
     }
 }
 
+/// Gap seconds (no completion) a timeline view makes up at most.
+pub const MAX_GAP_SECONDS: u32 = 86_400;
+
 /// A driver whose p99 send lag exceeds this gets a warning: its pacing was off by more
 /// than the precision users expect.
 const SEND_LAG_WARN_MS: f64 = 1.0;
@@ -326,9 +334,84 @@ impl TestState {
     pub fn view(&self) -> TestView {
         let profile = Profile::of(&self.spec);
         let summary = self.summary(&profile);
+        let drivers = self.driver_views(&profile);
+        let mut warnings = Vec::new();
+        for d in self.drivers.iter().filter(|d| d.peak_health.saturated) {
+            warnings.push(format!(
+                "driver {} was saturated (peak CPU {:.0}% of {} cores, scheduling lag up to {:.1} ms): it may have sent less load than asked",
+                d.id, d.peak_health.cpu_percent, d.peak_health.cores, d.peak_health.lag_ms_max
+            ));
+        }
+        for d in &drivers {
+            if let Some(lag) = d.send_lag_ms.filter(|l| l.p99 > SEND_LAG_WARN_MS) {
+                warnings.push(format!(
+                    "driver {} sent 1% of its paced requests more than {:.2} ms after their due times (max {:.2} ms): it was too busy to pace precisely, and that delay is inside the latencies",
+                    d.id, lag.p99, lag.max
+                ));
+            }
+        }
+        if profile.is_open() && summary.requests > 0 && summary.late * 100 >= summary.requests {
+            warnings.push(format!(
+                "{} of {} requests ({:.1}%) found all {} connections of their driver busy at their due time and went out late: the target answered too slowly for the plan (the delay is in the latencies); a higher concurrency keeps the schedule",
+                summary.late,
+                summary.requests,
+                100.0 * summary.late as f64 / summary.requests as f64,
+                self.spec.concurrency()
+            ));
+        }
+        if self.rejected > 0 {
+            warnings.push(format!(
+                "{} reports were rejected (values the test's plan does not allow, or histograms that do not decode): their requests are not counted",
+                self.rejected
+            ));
+        }
+        if self.duplicates > 0 {
+            warnings.push(format!(
+                "{} re-delivered reports were ignored",
+                self.duplicates
+            ));
+        }
+        let verdict = self
+            .status
+            .is_finished()
+            .then(|| self.verdict(&summary, &drivers));
+        TestView {
+            id: self.id.clone(),
+            status: self.status,
+            error: self.error.clone(),
+            // Views leave the process (API, report, CLI): secrets stay with the drivers.
+            spec: self.spec.redacted(),
+            created_at_ms: self.created_at_ms,
+            start_at_ms: self.start_at_ms,
+            finished_at_ms: self.finished_at_ms,
+            drivers,
+            timeline: self.timeline_points(&profile),
+            summary,
+            verdict,
+            warnings,
+            aborted: self.aborted.as_ref().map(|a| AbortView {
+                threshold: a.threshold.clone(),
+                actual: a.actual,
+                at_s: a.at_ms as f64 / 1_000.0,
+            }),
+            rejected_messages: self.rejected,
+        }
+    }
+
+    /// The summary and (once finished) the verdict, without the timeline: a list line.
+    pub fn headline(&self) -> (Summary, Option<Verdict>) {
+        let profile = Profile::of(&self.spec);
+        let summary = self.summary(&profile);
+        let verdict = self
+            .status
+            .is_finished()
+            .then(|| self.verdict(&summary, &self.driver_views(&profile)));
+        (summary, verdict)
+    }
+
+    fn driver_views(&self, profile: &Profile) -> Vec<DriverView> {
         let duration = profile.duration_s;
-        let drivers: Vec<DriverView> = self
-            .drivers
+        self.drivers
             .iter()
             .enumerate()
             .map(|(i, d)| {
@@ -362,109 +445,73 @@ impl TestState {
                     note: d.note.clone(),
                 }
             })
-            .collect();
-        let mut warnings = Vec::new();
-        for d in self.drivers.iter().filter(|d| d.peak_health.saturated) {
-            warnings.push(format!(
-                "driver {} was saturated (peak CPU {:.0}% of {} cores, scheduling lag up to {:.1} ms): it may have sent less load than asked",
-                d.id, d.peak_health.cpu_percent, d.peak_health.cores, d.peak_health.lag_ms_max
-            ));
-        }
-        for d in &drivers {
-            if let Some(lag) = d.send_lag_ms.filter(|l| l.p99 > SEND_LAG_WARN_MS) {
-                warnings.push(format!(
-                    "driver {} sent 1% of its paced requests more than {:.2} ms after their due times (max {:.2} ms): it was too busy to pace precisely, and that delay is inside the latencies",
-                    d.id, lag.p99, lag.max
-                ));
-            }
-        }
-        if profile.is_open() && summary.requests > 0 && summary.late * 100 >= summary.requests {
-            warnings.push(format!(
-                "{} of {} requests ({:.1}%) found all {} connections of their driver busy at their due time and went out late: the target answered too slowly for the plan (the delay is in the latencies); a higher concurrency keeps the schedule",
-                summary.late,
-                summary.requests,
-                100.0 * summary.late as f64 / summary.requests as f64,
-                self.spec.concurrency()
-            ));
-        }
-        if self.duplicates > 0 {
-            warnings.push(format!(
-                "{} re-delivered reports were ignored",
-                self.duplicates
-            ));
-        }
-        let verdict = self
-            .status
-            .is_finished()
-            .then(|| self.verdict(&summary, &drivers));
-        TestView {
-            id: self.id.clone(),
-            status: self.status,
-            error: self.error.clone(),
-            spec: self.spec.clone(),
-            created_at_ms: self.created_at_ms,
-            start_at_ms: self.start_at_ms,
-            finished_at_ms: self.finished_at_ms,
-            drivers,
-            timeline: self.timeline_points(&profile),
-            summary,
-            verdict,
-            warnings,
-            aborted: self.aborted.as_ref().map(|a| AbortView {
-                threshold: a.threshold.clone(),
-                actual: a.actual,
-                at_s: a.at_ms as f64 / 1_000.0,
-            }),
-        }
+            .collect()
     }
 
     /// Every second from the start to the latest one with data (seconds without any
     /// completion show as zeros beside what was planned, so a stalled target is seen).
+    ///
+    /// Built from the seconds that exist: gap seconds are made up only between them (and
+    /// from 0 to the first), within what the fold accepts now ([`TestState::max_second`]),
+    /// and at most [`MAX_GAP_SECONDS`] in all, so a stored second far out (from a build
+    /// before the bounds) costs one point, not every second up to it.
     fn timeline_points(&self, profile: &Profile) -> Vec<TimelinePoint> {
-        let (Some(&first), Some(&last)) = (
-            self.timeline.keys().next(),
-            self.timeline.keys().next_back(),
-        ) else {
+        if self.timeline.is_empty() {
             return Vec::new();
-        };
-        // A state read without its sealed chunks holds only the tail: no gaps are made up
-        // for the seconds that are not in memory.
-        let first = if self.is_complete() { 0 } else { first };
+        }
         let names = self.spec.mix_names();
         let empty = Aggregate::default();
-        (first..=last)
-            .map(|second| {
-                let agg = self.timeline.get(&second).unwrap_or(&empty);
-                let l = agg.latency();
-                TimelinePoint {
-                    second,
-                    requests: agg.requests,
-                    errors: agg.errors,
-                    p50_ms: l.p50,
-                    p90_ms: l.p90,
-                    p99_ms: l.p99,
-                    max_ms: l.max,
-                    concurrency: round3(agg.busy_us as f64 / 1e6),
-                    planned_requests: profile.planned_in_second(second),
-                    planned_concurrency: profile.planned_concurrency(second).map(round3),
-                    by_request: names
-                        .iter()
-                        .enumerate()
-                        .map(|(i, name)| {
-                            let a = agg.request(i).unwrap_or(&empty);
-                            let l = a.latency();
-                            TimelineRequest {
-                                name: name.to_string(),
-                                requests: a.requests,
-                                errors: a.errors,
-                                p50_ms: l.p50,
-                                p99_ms: l.p99,
-                            }
-                        })
-                        .collect(),
-                }
-            })
-            .collect()
+        let point = |second: u32, agg: &Aggregate| {
+            let l = agg.latency();
+            TimelinePoint {
+                second,
+                requests: agg.requests,
+                errors: agg.errors,
+                p50_ms: l.p50,
+                p90_ms: l.p90,
+                p99_ms: l.p99,
+                max_ms: l.max,
+                concurrency: round3(agg.busy_us as f64 / 1e6),
+                planned_requests: profile.planned_in_second(second),
+                planned_concurrency: profile.planned_concurrency(second).map(round3),
+                by_request: names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, name)| {
+                        let a = agg.request(i).unwrap_or(&empty);
+                        let l = a.latency();
+                        TimelineRequest {
+                            name: name.to_string(),
+                            requests: a.requests,
+                            errors: a.errors,
+                            p50_ms: l.p50,
+                            p99_ms: l.p99,
+                        }
+                    })
+                    .collect(),
+            }
+        };
+        let fill_limit = self.max_second();
+        let mut gaps_left = MAX_GAP_SECONDS;
+        let mut out = Vec::with_capacity(self.timeline.len());
+        // A state read without its sealed chunks holds only the tail: no gaps are made up
+        // for the seconds that are not in memory.
+        let mut next = if self.is_complete() {
+            Some(0)
+        } else {
+            self.timeline.keys().next().copied()
+        };
+        for (&second, agg) in &self.timeline {
+            if let Some(from) = next {
+                let to = second.min(fill_limit.saturating_add(1));
+                let n = to.saturating_sub(from).min(gaps_left);
+                out.extend((from..from + n).map(|s| point(s, &empty)));
+                gaps_left -= n;
+            }
+            out.push(point(second, agg));
+            next = second.checked_add(1);
+        }
+        out
     }
 
     fn summary(&self, profile: &Profile) -> Summary {

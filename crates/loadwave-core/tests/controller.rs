@@ -425,3 +425,139 @@ fn the_maximum_duration_stops_a_running_test() {
     assert_eq!(view.status, TestStatus::Stopped);
     assert!(view.error.unwrap().contains("LOADWAVE_MAX_DURATION_S"));
 }
+
+/// A finished test whose last snapshot is written is held as its list line alone; the list
+/// comes in pages, newest first, from those lines.
+#[test]
+fn finished_tests_are_list_lines_and_the_list_comes_in_pages() {
+    let mut core = ControllerCore::new(ControllerOptions::default());
+    for id in ["t1", "t2", "t3", "t4", "t5"] {
+        with_test(&mut core, id, &[&format!("{id}-d")]);
+    }
+    start(&mut core, "t5", &["t5-d"], T0);
+    for id in ["t1", "t2", "t3"] {
+        core.drivers_acquired(id, Acquired::Failed("no tasks".into()), T0);
+    }
+    persist_all(&mut core, T0);
+    for id in ["t1", "t2", "t3"] {
+        assert!(core.test(id).is_none(), "{id} left memory");
+        assert_eq!(core.summary(id).unwrap().status, TestStatus::Failed);
+        assert_eq!(core.is_finished(id), Some(true));
+        assert!(matches!(
+            core.request_stop(id, T0),
+            Err(loadwave_core::StopError::Finished { .. })
+        ));
+    }
+    assert!(core.test("t4").is_some() && core.test("t5").is_some());
+    let ids = |items: Vec<loadwave_core::TestListItem>| -> Vec<String> {
+        items.into_iter().map(|i| i.id).collect()
+    };
+    let page = |limit: usize, cursor: Option<&str>| loadwave_core::ListQuery {
+        limit: Some(limit),
+        cursor: cursor.map(str::to_string),
+    };
+    assert_eq!(ids(core.list(&page(2, None))), ["t5", "t4"]);
+    assert_eq!(ids(core.list(&page(2, Some("t4")))), ["t3", "t2"]);
+    assert_eq!(ids(core.list(&page(2, Some("t2")))), ["t1"]);
+    assert_eq!(
+        ids(core.list(&loadwave_core::ListQuery::default())),
+        ["t5", "t4", "t3", "t2", "t1"]
+    );
+    // Limits outside the range are brought into it.
+    assert_eq!(core.list(&page(0, None)).len(), 1);
+    assert_eq!(core.test_counts()["failed"], 3);
+    // A late report for a test held as a line is dropped quietly.
+    core.ingest(&report("t1", "t1-d", 0, true, 1), T0);
+    assert_eq!(core.stats().unknown_test, 0);
+    assert!(core.is_clean());
+}
+
+/// Sealed seconds of a running test leave memory once written and behind every driver;
+/// restored from what was written, the test is whole again.
+#[test]
+fn written_sealed_seconds_leave_memory() {
+    let mut core = ControllerCore::new(ControllerOptions::default());
+    with_test(&mut core, "a", &["a1"]);
+    start(&mut core, "a", &["a1"], T0);
+    let start_at = core.test("a").unwrap().view().start_at_ms.unwrap();
+    let mut shadow: Option<TestState> = None;
+    let mut chunks: std::collections::BTreeMap<String, Vec<u8>> = Default::default();
+    let seconds = 400u64;
+    for second in 0..seconds {
+        let now = start_at + (second + 1) * 1_000;
+        core.ingest(
+            &heartbeat("a1", Some("a"), now, Activity::Running),
+            now,
+        );
+        let m = report("a", "a1", second, false, 3);
+        core.ingest(&m, now);
+        if shadow.is_none() {
+            shadow = core.test("a").cloned();
+        } else {
+            let s = shadow.as_mut().unwrap();
+            s.observe_clock(now);
+            s.apply(&m);
+        }
+        for snapshot in core.snapshots_due(now, true, &format!("n{second}")) {
+            for c in &snapshot.chunks {
+                chunks.insert(c.name.clone(), c.body.clone());
+            }
+            core.snapshot_written(&snapshot, now);
+        }
+    }
+    let held = core.test("a").unwrap();
+    assert!(!held.is_complete());
+    // The window a late bucket may come in (30 s timeout + 120 s), a chunk and the tail.
+    let kept = held.view().timeline.len();
+    assert!(kept < 200, "{kept} seconds in memory");
+    let shadow = shadow.unwrap();
+    assert_eq!(held.total().requests, shadow.total().requests);
+    // Read back from what was written, it is the same test.
+    let unloaded = held.unloaded_chunks();
+    for (k, name) in unloaded {
+        core.restore_chunk("a", k, &chunks[&name]).unwrap();
+    }
+    assert!(core.test("a").unwrap().is_complete());
+    assert_eq!(core.test("a").unwrap().view(), shadow.view());
+}
+
+/// Made-up driver ids cannot grow the registry without bound.
+#[test]
+fn the_registry_is_bounded() {
+    let mut core = ControllerCore::new(ControllerOptions::default());
+    let max = loadwave_core::MAX_REGISTERED_DRIVERS;
+    for i in 0..max + 5 {
+        core.ingest(&register(&format!("x{i}"), None), T0);
+    }
+    core.ingest(&heartbeat("y", None, T0, Activity::Idle), T0);
+    assert_eq!(core.drivers(T0).len(), max);
+    assert_eq!(core.stats().registry_full, 6);
+    // Known drivers are still heard.
+    core.ingest(&heartbeat("x0", None, T0 + 500, Activity::Idle), T0 + 500);
+    assert_eq!(
+        core.drivers(T0 + 500)
+            .iter()
+            .find(|d| d.id == "x0")
+            .unwrap()
+            .last_seen_ms,
+        T0 + 500
+    );
+}
+
+/// A report that breaks a bound is counted, in the controller and in the test's view.
+#[test]
+fn rejected_reports_are_counted() {
+    let mut core = ControllerCore::new(ControllerOptions::default());
+    with_test(&mut core, "a", &["a1"]);
+    start(&mut core, "a", &["a1"], T0);
+    let mut far = report("a", "a1", 0, false, 1);
+    if let Message::Metrics(r) = &mut far {
+        r.buckets[0].second = u32::MAX;
+    }
+    for _ in 0..3 {
+        core.ingest_payload(Topic::Metrics, &far.encode(), T0);
+    }
+    assert_eq!(core.stats().rejected, 3);
+    assert_eq!(core.view("a").unwrap().rejected_messages, 3);
+    assert!(core.view("a").unwrap().timeline.is_empty());
+}

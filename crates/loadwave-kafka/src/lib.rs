@@ -9,7 +9,13 @@
 //!   while the broker is away (`message.timeout.ms`), so an outage delays reports instead
 //!   of losing them. `publish` returns once the broker acknowledged the message.
 //! - Each subscription is a consumer group of its own; offsets are stored only when the
-//!   consumer acks a delivery (commit after processing, at-least-once).
+//!   consumer acks a delivery (commit after processing, at-least-once). A subscription
+//!   holds at most [`loadwave_bus::SUBSCRIPTION_CAPACITY`] deliveries: while it is full
+//!   the pump stops polling, so a flood of messages waits in the broker, not in this
+//!   process's memory.
+//! - A failed publish says whether a retry may cure it ([`publish_retriable`]): a message
+//!   over the size limit, a malformed one or a topic the client may not write never goes
+//!   out, however often it is sent again.
 //! - A probe asks the broker for metadata every second and keeps the bus's
 //!   [`BusHealth`]: one WARN line when the broker becomes unreachable, a reminder at most
 //!   every 30 s, one INFO line when it is back. librdkafka's own errors and connection
@@ -39,7 +45,7 @@ use loadwave_proto::Topic;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -288,6 +294,7 @@ impl Bus for KafkaBus {
             .map_err(|(err, _)| BusError::Publish {
                 topic: name.clone(),
                 reason: err.to_string(),
+                retriable: publish_retriable(&err),
             })
     }
 
@@ -317,13 +324,13 @@ impl Bus for KafkaBus {
             .subscribe(&refs)
             .map_err(|e| BusError::Subscribe(e.to_string()))?;
         let consumer = Arc::new(consumer);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, sub) = Subscription::channel();
         let prefix_map: Vec<(String, Topic)> = topics
             .iter()
             .map(|t| (self.config.topic_name(*t), *t))
             .collect();
         tokio::spawn(pump(consumer, prefix_map, tx));
-        Ok(Subscription::new(rx))
+        Ok(sub)
     }
 }
 
@@ -333,12 +340,46 @@ impl Drop for KafkaBus {
     }
 }
 
+/// Whether a publish that failed with `err` may succeed if sent again. Not when the
+/// message itself or the client's rights are at fault: too large (for the producer's
+/// `message.max.bytes` or the broker's limit), malformed, refused by the topic's policy,
+/// a topic the client may not write, or a producer that librdkafka declared unusable.
+/// Timeouts, a full queue and a broker away are retriable.
+pub fn publish_retriable(err: &RdKafkaError) -> bool {
+    let Some(code) = err.rdkafka_error_code() else {
+        return true;
+    };
+    !matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::MessageBatchTooLarge
+            | RDKafkaErrorCode::InvalidMessage
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::BadMessage
+            | RDKafkaErrorCode::InvalidArgument
+            | RDKafkaErrorCode::InvalidTopic
+            | RDKafkaErrorCode::InvalidRequiredAcks
+            | RDKafkaErrorCode::PolicyViolation
+            | RDKafkaErrorCode::UnsupportedForMessageFormat
+            | RDKafkaErrorCode::UnsupportedCompressionType
+            | RDKafkaErrorCode::UnsupportedVersion
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+            | RDKafkaErrorCode::Fatal
+            | RDKafkaErrorCode::Fenced
+            | RDKafkaErrorCode::ProducerFenced
+    )
+}
+
 /// Moves messages from the consumer into the subscription's channel until the
-/// subscription is dropped.
+/// subscription is dropped. While the channel is full the pump waits and does not poll:
+/// the consumer's backlog stays in the broker (librdkafka's own prefetch is bounded by
+/// its `queued.max.messages.kbytes`).
 async fn pump(
     consumer: Arc<StreamConsumer<AuthContext>>,
     topics: Vec<(String, Topic)>,
-    tx: mpsc::UnboundedSender<Delivery>,
+    tx: mpsc::Sender<Delivery>,
 ) {
     loop {
         let received = tokio::select! {
@@ -382,10 +423,9 @@ async fn pump(
                 tracing::debug!(%err, "offset not stored (partition revoked?)");
             }
         });
-        if tx
-            .send(Delivery::new(topic, key, payload, Some(ack)))
-            .is_err()
-        {
+        let delivery = Delivery::new(topic, key, payload, Some(ack));
+        // Waits for room, or for the subscription to go.
+        if tx.send(delivery).await.is_err() {
             return;
         }
     }
@@ -400,6 +440,35 @@ mod tests {
         let c = KafkaConfig::new("b:9092", "dev.");
         assert_eq!(c.topic_name(Topic::TestConfig), "dev.test_config");
         assert_eq!(c.topic_name(Topic::Heartbeat), "dev.heartbeat");
+    }
+
+    #[test]
+    fn publishes_no_retry_can_cure_are_not_retriable() {
+        for code in [
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::MessageBatchTooLarge,
+            RDKafkaErrorCode::InvalidMessage,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+        ] {
+            let err = RdKafkaError::MessageProduction(code);
+            assert!(!publish_retriable(&err), "{code:?}");
+        }
+        for code in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::QueueFull,
+            RDKafkaErrorCode::BrokerTransportFailure,
+            RDKafkaErrorCode::NotEnoughReplicas,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+        ] {
+            let err = RdKafkaError::MessageProduction(code);
+            assert!(publish_retriable(&err), "{code:?}");
+        }
+        assert!(publish_retriable(&RdKafkaError::Canceled));
+    }
+
+    #[test]
+    fn subscriptions_are_bounded() {
+        assert!((1_024..=4_096).contains(&loadwave_bus::SUBSCRIPTION_CAPACITY));
     }
 
     #[test]

@@ -6,6 +6,10 @@
 //! ([`crate::StoreBackend`]), which has no controller loop. Both answer the same routes
 //! with the same JSON and errors, so the contract does not fork.
 //!
+//! [`app`] has no authentication of its own: the Lambda function serves it behind API
+//! Gateway's IAM authorization. The local orchestrator serves [`secured_app`], which puts
+//! [`crate::access`] (token, `Host`, content type) in front of it.
+//!
 //! Bad input answers 4xx with `{"error": {"status", "field", "message"}}` naming the
 //! field; unknown tests answer 404. Internal failures answer an opaque 500 and are logged.
 
@@ -21,18 +25,29 @@ use bytes::Bytes;
 use loadwave_core::TestView;
 use loadwave_proto::TestSpec;
 use loadwave_proto::spec::MAX_BODY_BYTES;
+use loadwave_proto::{Message, TestConfig};
 use serde::Serialize;
 use utoipa::OpenApi;
 
 use async_trait::async_trait;
 use loadwave_bus::BusState;
-use loadwave_core::{BusStats, DriverInfo, StopError, TestListItem};
+use axum::extract::Query;
+use axum::extract::rejection::QueryRejection;
+use loadwave_core::{BusStats, DriverInfo, LIST_MAX_LIMIT, ListQuery, StopError, TestListItem};
 use loadwave_proto::forbidden_address;
 
 use crate::report;
 
 /// The largest request body: a spec with the largest allowed request body, plus room.
 pub const MAX_REQUEST_BYTES: usize = MAX_BODY_BYTES + 64 * 1024;
+
+/// The largest encoded test configuration a spec may make: under the 1 MB default message
+/// limit of Kafka brokers and librdkafka, with room for the envelope and the headers.
+pub const MAX_CONFIG_BYTES: usize = loadwave_proto::spec::MAX_SPEC_BYTES;
+
+/// The driver id assumed when sizing a test's configuration: longer than any id a driver
+/// gets to register with.
+const SIZING_DRIVER_ID_LEN: usize = 256;
 
 /// An error answered to the client.
 #[derive(Debug)]
@@ -138,18 +153,23 @@ impl<S: Send + Sync> FromRequest<S> for SpecJson {
                         }
                     }
                 })?;
-        TestSpec::from_json(&bytes).map(SpecJson).map_err(|err| {
-            let status = if err.field == "body" {
-                StatusCode::BAD_REQUEST
-            } else {
-                StatusCode::UNPROCESSABLE_ENTITY
-            };
-            AppError::Invalid {
-                status,
+        // Not JSON at all is the document's fault (400, field `body` for the request
+        // body); anything wrong in a JSON document is a field's, the spec's own `body`
+        // included (422).
+        if let Err(err) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+            return Err(AppError::Invalid {
+                status: StatusCode::BAD_REQUEST,
+                field: "body".into(),
+                message: format!("the request body is not JSON: {err}"),
+            });
+        }
+        TestSpec::from_json(&bytes)
+            .map(SpecJson)
+            .map_err(|err| AppError::Invalid {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
                 field: err.field,
                 message: err.message,
-            }
-        })
+            })
     }
 }
 
@@ -173,14 +193,27 @@ impl From<crate::store::StoreError> for AppError {
 pub trait Backend: Send + Sync + 'static {
     /// The caps a new test must stay within.
     fn limits(&self) -> loadwave_core::Limits;
+    /// Endpoints no test may aim at: the orchestrator's own listener and its Kafka
+    /// brokers, unless `--allow-self-target` (none by default).
+    fn refused_targets(&self) -> Vec<std::net::SocketAddr> {
+        Vec::new()
+    }
     /// Creates a test from a validated spec; it is stored before this answers.
     async fn create(&self, spec: TestSpec) -> Result<TestView, AppError>;
     /// A test's state, if it exists.
     async fn view(&self, id: &str) -> Result<Option<TestView>, AppError>;
-    /// Every test, newest first.
-    async fn list(&self) -> Result<Vec<TestListItem>, AppError>;
+    /// A page of the tests, newest first (see [`ListQuery`]), from list lines: never a
+    /// test's whole state.
+    async fn list_page(&self, query: &ListQuery) -> Result<Vec<TestListItem>, AppError>;
+    /// The first page of the tests with the default limit, newest first.
+    async fn list(&self) -> Result<Vec<TestListItem>, AppError> {
+        self.list_page(&ListQuery::default()).await
+    }
     /// Asks a test's drivers to stop.
     async fn stop(&self, id: &str) -> Result<TestView, AppError>;
+    /// Deletes a finished test and everything stored of it: [`AppError::NotFound`] for an
+    /// unknown test, [`AppError::Conflict`] while it has not ended.
+    async fn delete(&self, id: &str) -> Result<(), AppError>;
     /// Known drivers.
     async fn drivers(&self) -> Result<Vec<DriverInfo>, AppError>;
     /// Liveness, with counts.
@@ -195,11 +228,14 @@ pub type ResponseBody = axum::body::Body;
 /// Shared state of the handlers.
 pub type AppState = Arc<dyn Backend>;
 
-/// Refuses a target that resolves to a link-local (metadata service) address: every
-/// address each request's host resolves to is checked, not just the URL's text. A name
-/// that does not resolve here is let through (the drivers may see other DNS); they check
-/// again.
-pub async fn check_target(spec: &TestSpec) -> Result<(), AppError> {
+/// Refuses a target that resolves to a link-local (metadata service) address, or to one
+/// of the `refused` endpoints (the orchestrator itself, its brokers): every address each
+/// request's host resolves to is checked, not just the URL's text. A name that does not
+/// resolve here is let through (the drivers may see other DNS); they check again.
+pub async fn check_target(
+    spec: &TestSpec,
+    refused: &[std::net::SocketAddr],
+) -> Result<(), AppError> {
     for req in spec.request_list() {
         let field = if req.field == "target_url" {
             req.field.clone()
@@ -224,17 +260,76 @@ pub async fn check_target(spec: &TestSpec) -> Result<(), AppError> {
                         ),
                     });
                 }
+                if refused
+                    .iter()
+                    .any(|own| loadwave_proto::spec::reaches(addr, *own))
+                {
+                    return Err(AppError::Invalid {
+                        status: StatusCode::UNPROCESSABLE_ENTITY,
+                        field,
+                        message: format!(
+                            "`{}` resolves to {addr}, the orchestrator's own API or one of its Kafka brokers; loadwave does not send load there (start the orchestrator with --allow-self-target to test it)",
+                            url.host
+                        ),
+                    });
+                }
             }
         }
     }
     Ok(())
 }
 
-/// The router.
+/// Refuses a spec whose test configuration (the message each driver gets) would be too
+/// large for the bus to deliver, naming its largest field.
+pub fn check_deliverable(spec: &TestSpec) -> Result<(), AppError> {
+    let config = Message::TestConfig(TestConfig {
+        test_id: "0".repeat(32),
+        driver_id: "d".repeat(SIZING_DRIVER_ID_LEN),
+        driver_index: u32::MAX,
+        spec: spec.clone(),
+    });
+    let size = config.encode().len();
+    if size <= MAX_CONFIG_BYTES {
+        return Ok(());
+    }
+    let mut parts: Vec<(String, usize)> = vec![
+        ("body".into(), encoded_len(&spec.body)),
+        ("headers".into(), encoded_len(&spec.headers)),
+        ("thresholds".into(), encoded_len(&spec.thresholds)),
+        ("name".into(), encoded_len(&spec.name)),
+    ];
+    for (i, r) in spec.requests.iter().flatten().enumerate() {
+        parts.push((format!("requests[{i}].body"), encoded_len(&r.body)));
+        parts.push((format!("requests[{i}].headers"), encoded_len(&r.headers)));
+        parts.push((format!("requests[{i}].url"), encoded_len(&r.url)));
+    }
+    // One part holding most of it is named; a size spread over many is the spec's.
+    let field = parts
+        .into_iter()
+        .max_by_key(|(_, n)| *n)
+        .filter(|(_, n)| *n >= size / 2)
+        .map(|(f, _)| f)
+        .unwrap_or_else(|| "spec".to_string());
+    Err(AppError::Invalid {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        field,
+        message: format!(
+            "the test's configuration would be {size} bytes; the message bus delivers at most {MAX_CONFIG_BYTES}"
+        ),
+    })
+}
+
+fn encoded_len<T: Serialize>(value: &T) -> usize {
+    serde_json::to_vec(value).map(|v| v.len()).unwrap_or(0)
+}
+
+/// The router, without authentication: for API Gateway with IAM authorization in front
+/// (the Lambda function) and in-process tests. The local orchestrator serves
+/// [`secured_app`].
 pub fn app(backend: AppState) -> Router {
     Router::new()
         .route("/tests", get(list_tests).post(create_test))
-        .route("/tests/{id}", get(get_test))
+        .route("/tests/{id}", get(get_test).delete(delete_test))
         .route("/tests/{id}/stop", post(stop_test))
         .route("/tests/{id}/report", get(test_report))
         .route("/drivers", get(list_drivers))
@@ -247,34 +342,100 @@ pub fn app(backend: AppState) -> Router {
         .with_state(backend)
 }
 
+/// The router behind `security`: a bearer token (or the console's session cookie) on
+/// every route but `/healthz` and `/readyz`, a `Host` this orchestrator serves, and JSON
+/// bodies only (see [`crate::access`]). `GET /login?code=...` lets the console in.
+pub fn secured_app(backend: AppState, security: crate::access::ApiSecurity) -> Router {
+    app(backend).layer(axum::middleware::from_fn_with_state(
+        security,
+        crate::access::guard,
+    ))
+}
+
+/// Deletes every finished test that ended more than `retain_ms` before `now_ms`, as listed
+/// by `store`'s index; returns how many went. A test deleted meanwhile, or one that
+/// cannot be, is skipped.
+pub async fn sweep_expired(
+    backend: &dyn Backend,
+    store: &crate::store::TestStore,
+    retain_ms: u64,
+    now_ms: u64,
+) -> Result<usize, AppError> {
+    let ids = store
+        .finished_before(now_ms.saturating_sub(retain_ms))
+        .await?;
+    let mut deleted = 0;
+    for id in ids {
+        match backend.delete(&id).await {
+            Ok(()) => deleted += 1,
+            Err(AppError::NotFound(_)) | Err(AppError::Conflict(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(deleted)
+}
+
 /// Start a test.
 #[utoipa::path(post, path = "/tests", request_body = TestSpec,
     responses(
-        (status = 201, description = "Created; the test's initial state", body = TestView),
+        (status = 201, description = "Created; the test's initial state (secret headers and bodies redacted)", body = TestView),
         (status = 400, description = "Not JSON", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 422, description = "A field is missing or invalid", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
+        (status = 421, description = "`Host` is not one this orchestrator serves", body = ErrorBody),
+        (status = 403, description = "A valid spec this deployment refuses: over a cap (`LOADWAVE_MAX_*`), or a target that resolves to an address loadwave does not load (link-local, metadata services, this orchestrator or its brokers)", body = ErrorBody),
+        (status = 422, description = "A field is missing or invalid, or the test's configuration is too large to deliver", body = ErrorBody),
     ))]
 async fn create_test(
     State(orch): State<AppState>,
-    SpecJson(spec): SpecJson,
+    SpecJson(mut spec): SpecJson,
 ) -> Result<(StatusCode, Json<TestView>), AppError> {
-    orch.limits()
-        .check(&spec)
-        .map_err(|over| AppError::Invalid {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            field: over.field.to_string(),
-            message: over.message,
-        })?;
-    check_target(&spec).await?;
+    let limits = orch.limits();
+    // A valid spec over this deployment's caps is refused by policy: 403, not 422.
+    limits.check(&spec).map_err(|over| AppError::Invalid {
+        status: StatusCode::FORBIDDEN,
+        field: over.field.to_string(),
+        message: over.message,
+    })?;
+    // A closed-model test bound by time gets the request cap as its count.
+    limits.bound(&mut spec);
+    check_deliverable(&spec)?;
+    check_target(&spec, &orch.refused_targets()).await?;
     let view = orch.create(spec).await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 
-/// Every test, newest first.
-#[utoipa::path(get, path = "/tests", responses((status = 200, body = Vec<TestListItem>)))]
-async fn list_tests(State(orch): State<AppState>) -> Result<Json<Vec<TestListItem>>, AppError> {
-    Ok(Json(orch.list().await?))
+/// The tests, newest first, a page at a time: at most `limit` (default 100, at most
+/// 1000) after the test `cursor`. The next page's cursor is the last id of this one; a
+/// page shorter than the limit is the last.
+#[utoipa::path(get, path = "/tests", params(ListQuery), responses((status = 200, body = Vec<TestListItem>),
+    (status = 400, description = "`limit` or `cursor` out of range", body = ErrorBody),
+    (status = 401, description = "No valid bearer token", body = ErrorBody),
+    (status = 421, description = "`Host` is not one this orchestrator serves", body = ErrorBody)))]
+async fn list_tests(
+    State(orch): State<AppState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Vec<TestListItem>>, AppError> {
+    let invalid = |field: &str, message: String| AppError::Invalid {
+        status: StatusCode::BAD_REQUEST,
+        field: field.into(),
+        message,
+    };
+    let Query(query) = query.map_err(|e| invalid("query", e.body_text()))?;
+    if query
+        .limit
+        .is_some_and(|l| !(1..=LIST_MAX_LIMIT).contains(&l))
+    {
+        return Err(invalid(
+            "limit",
+            format!("limit must be between 1 and {LIST_MAX_LIMIT}"),
+        ));
+    }
+    if query.cursor.as_ref().is_some_and(|c| c.chars().count() > 64) {
+        return Err(invalid("cursor", "cursor is longer than 64 characters".into()));
+    }
+    Ok(Json(orch.list_page(&query).await?))
 }
 
 fn unknown(id: &str) -> AppError {
@@ -284,7 +445,9 @@ fn unknown(id: &str) -> AppError {
 /// A test's state: status, drivers, summary, timeline, verdict.
 #[utoipa::path(get, path = "/tests/{id}",
     params(("id" = String, Path, description = "Test id")),
-    responses((status = 200, body = TestView), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "The test (secret headers and bodies redacted)", body = TestView), (status = 404, body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 421, description = "`Host` is not one this orchestrator serves", body = ErrorBody)))]
 async fn get_test(
     State(orch): State<AppState>,
     Path(id): Path<String>,
@@ -292,11 +455,28 @@ async fn get_test(
     orch.view(&id).await?.map(Json).ok_or_else(|| unknown(&id))
 }
 
+/// Delete a finished test and everything stored of it.
+#[utoipa::path(delete, path = "/tests/{id}",
+    params(("id" = String, Path, description = "Test id")),
+    responses((status = 204, description = "Deleted"), (status = 404, body = ErrorBody),
+        (status = 409, description = "Still running; stop it first", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 421, description = "`Host` is not one this orchestrator serves", body = ErrorBody)))]
+async fn delete_test(
+    State(orch): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, AppError> {
+    orch.delete(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// Stop a test: drivers stop sending, finish what is in flight and report.
 #[utoipa::path(post, path = "/tests/{id}/stop",
     params(("id" = String, Path, description = "Test id")),
     responses((status = 202, body = TestView), (status = 404, body = ErrorBody),
-        (status = 409, description = "Already ended", body = ErrorBody)))]
+        (status = 409, description = "Already ended", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 421, description = "`Host` is not one this orchestrator serves", body = ErrorBody)))]
 async fn stop_test(
     State(orch): State<AppState>,
     Path(id): Path<String>,
@@ -308,7 +488,9 @@ async fn stop_test(
 /// The test as an HTML report.
 #[utoipa::path(get, path = "/tests/{id}/report",
     params(("id" = String, Path, description = "Test id")),
-    responses((status = 200, content_type = "text/html", body = String), (status = 404, body = ErrorBody)))]
+    responses((status = 200, content_type = "text/html", body = String), (status = 404, body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 421, description = "`Host` is not one this orchestrator serves", body = ErrorBody)))]
 async fn test_report(
     State(orch): State<AppState>,
     Path(id): Path<String>,
@@ -318,7 +500,9 @@ async fn test_report(
 }
 
 /// Known drivers.
-#[utoipa::path(get, path = "/drivers", responses((status = 200, body = Vec<DriverInfo>)))]
+#[utoipa::path(get, path = "/drivers", responses((status = 200, body = Vec<DriverInfo>),
+    (status = 401, description = "No valid bearer token", body = ErrorBody),
+    (status = 421, description = "`Host` is not one this orchestrator serves", body = ErrorBody)))]
 async fn list_drivers(State(orch): State<AppState>) -> Result<Json<Vec<DriverInfo>>, AppError> {
     Ok(Json(orch.drivers().await?))
 }
@@ -362,7 +546,7 @@ impl BusHealthView {
 }
 
 /// Liveness: 200 while the process serves, whatever the bus's state (which it reports).
-#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/healthz", security(()), responses((status = 200, body = Health)))]
 async fn healthz(State(orch): State<AppState>) -> Result<Json<Health>, AppError> {
     Ok(Json(orch.health().await?))
 }
@@ -382,7 +566,7 @@ pub struct Ready {
 
 /// Readiness: 200 when tests can be run; 503 naming the bus once it has been
 /// unreachable for more than a few seconds.
-#[utoipa::path(get, path = "/readyz", responses(
+#[utoipa::path(get, path = "/readyz", security(()), responses(
     (status = 200, body = Ready),
     (status = 503, description = "The bus is unreachable", body = ErrorBody)))]
 async fn readyz(State(orch): State<AppState>) -> Result<Json<Ready>, AppError> {
@@ -413,6 +597,7 @@ async fn readyz(State(orch): State<AppState>) -> Result<Json<Ready>, AppError> {
         create_test,
         list_tests,
         get_test,
+        delete_test,
         stop_test,
         test_report,
         list_drivers,
@@ -428,20 +613,61 @@ async fn readyz(State(orch): State<AppState>) -> Result<Json<Ready>, AppError> {
         TestListItem,
         DriverInfo,
         Health
-    ))
+    )),
+    modifiers(&TokenSecurity),
+    security(("bearer" = []), ("session" = []))
 )]
 struct ApiDoc;
+
+/// Declares how the local orchestrator authenticates: a bearer token, or the console's
+/// session cookie. (Behind API Gateway, IAM signatures take their place.)
+struct TokenSecurity;
+
+impl utoipa::Modify for TokenSecurity {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
+        };
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The orchestrator's token, from `<data-dir>/token`, `--token-file` or `LOADWAVE_TOKEN`",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                crate::access::SESSION_COOKIE,
+                "Set by the one-time login URL the orchestrator prints at start",
+            ))),
+        );
+    }
+}
 
 /// The OpenAPI document of this API, generated from the code.
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
+/// The OpenAPI document as served: [`openapi_document`] with the spec's validation rules
+/// (ranges, lengths, patterns, how fields combine) added to its schemas, so a client or a
+/// fuzzer knows exactly which specs are accepted (see `loadwave_proto::openapi`).
+pub fn openapi_json() -> serde_json::Value {
+    let mut doc = serde_json::to_value(openapi_document()).unwrap_or_default();
+    if let Some(schemas) = doc.pointer_mut("/components/schemas") {
+        loadwave_proto::openapi::tighten(schemas);
+    }
+    doc
+}
+
 async fn openapi() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        openapi_document().to_json().unwrap_or_default(),
-    )
+    Json(openapi_json())
 }
 
 async fn not_found() -> AppError {

@@ -26,8 +26,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use loadwave_bus::Bus;
 use loadwave_core::{
-    Acquired, ControllerCore, ControllerOptions, DriverInfo, DriverPhase, TestListItem, TestState,
-    TestView, controller::count_statuses,
+    Acquired, ControllerCore, ControllerOptions, DriverInfo, DriverPhase, ListQuery, TestListItem,
+    TestState, TestView, controller::count_statuses,
 };
 use loadwave_proto::{Message, TestSpec, Tick, Topic, unix_ms_now};
 
@@ -122,8 +122,21 @@ impl Backend for StoreBackend {
         Ok(self.store.load(id).await?.map(|(t, _)| t.view()))
     }
 
-    async fn list(&self) -> Result<Vec<TestListItem>, AppError> {
-        Ok(self.store.list().await?)
+    async fn delete(&self, id: &str) -> Result<(), AppError> {
+        match self.store.load_head(id).await? {
+            None => Err(AppError::NotFound(format!("no test with id `{id}`"))),
+            Some((state, _)) if !state.is_finished() => Err(AppError::Conflict(format!(
+                "test {id} has not ended; stop it first"
+            ))),
+            Some(_) => {
+                self.store.delete(id).await?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn list_page(&self, query: &ListQuery) -> Result<Vec<TestListItem>, AppError> {
+        Ok(self.store.list_page(query).await?)
     }
 
     async fn stop(&self, id: &str) -> Result<TestView, AppError> {
@@ -228,6 +241,9 @@ pub struct BatchOutcome {
     pub records: usize,
     /// Records that did not decode.
     pub malformed: u64,
+    /// Reports rejected whole by a test's fold (a bound broken, a histogram that does not
+    /// decode), counted once per batch.
+    pub rejected: u64,
     /// Tests folded.
     pub tests: usize,
     /// Snapshots written.
@@ -279,12 +295,16 @@ impl LambdaController {
             ..BatchOutcome::default()
         };
         let mut messages = Vec::with_capacity(records.len());
+        // A batch of garbage costs a counter and a line a second, not a line a record.
+        let mut log = loadwave_core::LogLimiter::default();
         for (topic, payload) in records {
             match Message::decode(payload) {
                 Ok(m) => messages.push(m),
                 Err(err) => {
-                    outcome.malformed += 1;
-                    tracing::warn!(topic = topic.name(), %err, "malformed message skipped");
+                    outcome.malformed = outcome.malformed.saturating_add(1);
+                    if let Some(held) = log.allow(unix_ms_now()) {
+                        tracing::warn!(topic = topic.name(), %err, held_back = held, "malformed message skipped");
+                    }
                 }
             }
         }
@@ -398,6 +418,8 @@ impl LambdaController {
             for (handle, reason) in gone {
                 core.driver_gone(&id, handle, reason);
             }
+            // Counted from the attempt that is written (a conflict folds again).
+            let rejected = core.stats().rejected;
             let publish = core.poll(now_ms);
             let finished = core.take_finished();
             let mut after_state = core.test(&id).expect("inserted").clone();
@@ -406,11 +428,13 @@ impl LambdaController {
             // driver's sequence numbers.)
             let after = serde_json::to_vec(&after_state).expect("state serializes");
             if after == before && publish.is_empty() {
+                outcome.rejected = outcome.rejected.saturating_add(rejected);
                 return Ok(());
             }
             match self.store.save(&mut after_state, Some(&version)).await {
                 Ok(_) => {
                     outcome.written += 1;
+                    outcome.rejected = outcome.rejected.saturating_add(rejected);
                     for m in &publish {
                         publish_within(self.bus.as_ref(), m, self.publish_wait)
                             .await

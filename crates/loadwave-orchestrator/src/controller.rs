@@ -21,6 +21,13 @@
 //! messages, then drops the newest. Nothing is lost for good: the core sends
 //! configurations and triggers again every second until drivers act on them, and a stop
 //! for a test that already ended again while a driver still says it holds that test.
+//!
+//! What no retry can deliver is dropped, not requeued: a publish the bus refuses for good
+//! (a message over the broker's size limit, a topic the client may not write; see
+//! [`BusError::is_retriable`]) is logged once per test and topic at ERROR, naming the test,
+//! the topic, the size and the reason; and configurations and start triggers of tests that
+//! have finished (or were deleted) are dropped before they are sent. Stops always go out:
+//! the core sends them for finished tests on purpose, to free drivers that missed one.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -29,10 +36,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use loadwave_bus::{Bus, BusError, Delivery};
 use loadwave_core::{
-    ControllerCore, ControllerOptions, DriverInfo, DriverRequest, DriverSlot, Snapshot,
+    ControllerCore, ControllerOptions, DriverInfo, DriverRequest, DriverSlot, ListQuery, Snapshot,
     TestListItem, TestView,
 };
-use loadwave_proto::{Message, TestSpec, Tick, Topic, unix_ms_now};
+use loadwave_proto::{Message, TestSpec, Tick, Topic, TriggerAction, unix_ms_now};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +47,8 @@ use crate::api::{AppError, Backend, BusHealthView, Health};
 use crate::launcher::Launcher;
 use crate::store::{StoreError, TestStore, Version};
 
+/// Attempts to read a running test's stored chunks for a view while writes replace them.
+const VIEW_ATTEMPTS: usize = 5;
 /// How often the launcher is asked which running drivers are gone.
 const INSPECT_EVERY_MS: u64 = 2_000;
 /// Messages waiting for the publisher at most (a thousand drivers' configurations a
@@ -51,6 +60,9 @@ const BATCH: usize = 1_000;
 /// be there and quick); what is left then is logged, and rebuilt from the stored state on
 /// the next start.
 const FLUSH_GRACE: Duration = Duration::from_secs(2);
+/// How many (test, topic) pairs the publisher remembers having reported undeliverable,
+/// so a configuration the core sends again every second is reported once, not forever.
+const TOLD_UNDELIVERABLE: usize = 1_024;
 
 /// The orchestrator: tests, drivers, and the clients to reach them.
 pub struct Orchestrator {
@@ -65,6 +77,8 @@ pub struct Orchestrator {
     outbox_rx: Mutex<Option<mpsc::Receiver<Message>>>,
     /// Messages the full outbox turned away.
     dropped: std::sync::atomic::AtomicU64,
+    /// Endpoints no test may aim at (its own listener, its brokers).
+    refused_targets: Mutex<Vec<std::net::SocketAddr>>,
     wake: Notify,
 }
 
@@ -79,10 +93,13 @@ impl Orchestrator {
     ) -> Result<Arc<Orchestrator>, StoreError> {
         let mut core = ControllerCore::new(options);
         let now = unix_ms_now();
-        for state in store.load_all().await? {
-            if !state.is_finished() {
-                tracing::info!(test_id = %state.id(), status = state.status().as_str(), "resuming test");
-            }
+        // Finished tests by their list lines; unfinished ones by their main documents
+        // (the sealed timeline stays in the store until a late report or a view needs it).
+        for item in store.finished_items().await? {
+            core.insert_summary(item);
+        }
+        for (state, _) in store.load_active().await? {
+            tracing::info!(test_id = %state.id(), status = state.status().as_str(), "resuming test");
             core.insert(state, now);
         }
         let (tx, rx) = mpsc::unbounded_channel();
@@ -98,12 +115,19 @@ impl Orchestrator {
             outbox,
             outbox_rx: Mutex::new(Some(outbox_rx)),
             dropped: Default::default(),
+            refused_targets: Mutex::default(),
             wake: Notify::new(),
         }))
     }
 
     fn core(&self) -> std::sync::MutexGuard<'_, ControllerCore> {
         self.core.lock().expect("controller lock poisoned")
+    }
+
+    /// Refuses tests aimed at `endpoints` from now on: the orchestrator's own listener
+    /// and its Kafka brokers (see [`loadwave_proto::spec::reaches`]).
+    pub fn refuse_targets(&self, endpoints: Vec<std::net::SocketAddr>) {
+        *self.refused_targets.lock().expect("lock") = endpoints;
     }
 
     /// The launcher's name.
@@ -141,7 +165,19 @@ impl Orchestrator {
                     let Some(delivery) = next else {
                         return Err(BusError::Closed);
                     };
-                    let ticket = self.core().ingest_payload(delivery.topic, &delivery.payload, unix_ms_now());
+                    let mut ticket = self.core().ingest_payload(delivery.topic, &delivery.payload, unix_ms_now());
+                    // A late report for a sealed chunk that is only in the store changed
+                    // nothing: the chunk is read back and the report folded again.
+                    let needed = self.core().take_chunk_requests();
+                    if !needed.is_empty() {
+                        for (test_id, chunk) in needed {
+                            self.restore_chunks(&test_id, Some(chunk)).await;
+                        }
+                        ticket = self.core().ingest_payload(delivery.topic, &delivery.payload, unix_ms_now());
+                        for (test_id, chunk) in self.core().take_chunk_requests() {
+                            tracing::error!(test_id, chunk, "a report needs a timeline chunk that cannot be read; report dropped");
+                        }
+                    }
                     unacked.push_back((ticket, delivery));
                 }
                 _ = ticker.tick() => {}
@@ -210,13 +246,15 @@ impl Orchestrator {
 
     /// Publishes what the loop hands over, in order, a batch at a time (the producer
     /// sends a batch together), until shutdown; then for [`FLUSH_GRACE`] more if the bus
-    /// is reachable.
+    /// is reachable. A message that failed for a reason a retry may cure goes back to the
+    /// core, first in line; one the bus refuses for good is dropped and reported once.
     async fn publish_outbox(
         self: Arc<Self>,
         mut rx: mpsc::Receiver<Message>,
         shutdown: CancellationToken,
     ) {
         let mut batch: Vec<Message> = Vec::with_capacity(BATCH);
+        let mut told = Undeliverable::default();
         loop {
             let first = tokio::select! {
                 m = rx.recv() => m,
@@ -230,17 +268,20 @@ impl Orchestrator {
                     Err(_) => break,
                 }
             }
+            self.drop_finished(&mut batch);
             tokio::select! {
                 sent = futures::future::join_all(batch.iter().map(|m| self.bus.publish(m))) => {
-                    let failed: Vec<Message> = std::mem::take(&mut batch)
-                        .into_iter()
-                        .zip(sent)
-                        .filter_map(|(m, sent)| sent.err().map(|err| (m, err)))
-                        .map(|(m, err)| {
-                            tracing::debug!(%err, "publish failed; sending it again");
-                            m
-                        })
-                        .collect();
+                    let mut failed: Vec<Message> = Vec::new();
+                    for (m, sent) in std::mem::take(&mut batch).into_iter().zip(sent) {
+                        match sent {
+                            Ok(()) => {}
+                            Err(err) if err.is_retriable() => {
+                                tracing::debug!(%err, "publish failed; sending it again");
+                                failed.push(m);
+                            }
+                            Err(err) => told.drop(&m, &err),
+                        }
+                    }
                     if !failed.is_empty() {
                         self.core().requeue(failed);
                     }
@@ -253,6 +294,7 @@ impl Orchestrator {
         while let Ok(m) = rx.try_recv() {
             batch.push(m);
         }
+        self.drop_finished(&mut batch);
         let waiting = batch.len();
         // A broker that is gone gets no grace: nothing would go out in it.
         let grace = if self.bus.health().reachable {
@@ -275,6 +317,30 @@ impl Orchestrator {
         }
     }
 
+    /// Takes out of `batch` the configurations and start triggers of tests that have
+    /// finished or are gone: no driver has anything to do with them, and one that failed
+    /// to publish would otherwise be requeued for as long as the outage lasts. Stops stay:
+    /// the core sends them for finished tests on purpose.
+    fn drop_finished(&self, batch: &mut Vec<Message>) {
+        let before = batch.len();
+        {
+            let core = self.core();
+            batch.retain(|m| match m {
+                Message::Trigger(t) if matches!(t.action, TriggerAction::Stop) => true,
+                Message::TestConfig(_) | Message::Trigger(_) => core
+                    .test(m.key())
+                    .is_some_and(|t| !t.is_finished()),
+                _ => true,
+            });
+        }
+        if batch.len() < before {
+            tracing::debug!(
+                dropped = before - batch.len(),
+                "messages for finished tests dropped"
+            );
+        }
+    }
+
     /// One pass: hand new driver requests to the acquirer, poll, publish, release the
     /// drivers of finished tests, persist.
     async fn step(&self, now: u64) {
@@ -292,6 +358,11 @@ impl Orchestrator {
             self.send(message);
         }
         for (test_id, slots) in finished {
+            // A finished test is written whole: what of its timeline is only in the store
+            // comes back first.
+            if self.core().test(&test_id).is_some_and(|t| !t.is_complete()) {
+                self.restore_chunks(&test_id, None).await;
+            }
             self.release(test_id, slots);
         }
         self.persist(now, false).await;
@@ -354,9 +425,71 @@ impl Orchestrator {
         });
     }
 
+    /// Reads stored timeline chunks of test `id` that are not in memory (`only` that one,
+    /// or all) back into the core. Failures are logged: the fold then defers again.
+    async fn restore_chunks(&self, id: &str, only: Option<u32>) {
+        let wanted: Vec<(u32, String)> = match self.core().test(id) {
+            Some(t) => t
+                .unloaded_chunks()
+                .into_iter()
+                .filter(|(k, _)| only.is_none_or(|o| o == *k))
+                .collect(),
+            None => return,
+        };
+        for (k, name) in wanted {
+            match self.writer.store().chunk_body(id, &name).await {
+                Ok(Some(body)) => {
+                    if let Err(err) = self.core().restore_chunk(id, k, &body) {
+                        tracing::error!(test_id = id, chunk = k, %err, "stored timeline chunk unreadable");
+                    }
+                }
+                Ok(None) => {
+                    tracing::error!(test_id = id, chunk = k, "stored timeline chunk missing")
+                }
+                Err(err) => {
+                    tracing::error!(test_id = id, chunk = k, %err, "cannot read timeline chunk")
+                }
+            }
+        }
+    }
+
     /// Writes the snapshots the core says are due (all of them with `all`).
     async fn persist(&self, now: u64, all: bool) {
         let _ = self.writer.write_due(&self.core, now, all).await;
+    }
+}
+
+/// The publisher's memory of what it reported undeliverable.
+#[derive(Default)]
+struct Undeliverable {
+    /// (test, topic) pairs already reported at ERROR, oldest first.
+    told: VecDeque<(String, Topic)>,
+    /// Messages dropped so far.
+    dropped: u64,
+}
+
+impl Undeliverable {
+    /// Drops `message`, which the bus refused for good with `err`: one ERROR line per
+    /// test and topic (the core sends a configuration again every second), debug after.
+    fn drop(&mut self, message: &Message, err: &BusError) {
+        self.dropped += 1;
+        let key = (message.key().to_string(), message.topic());
+        let bytes = message.encode().len();
+        if self.told.contains(&key) {
+            tracing::debug!(test_id = %key.0, topic = key.1.name(), bytes, %err, dropped = self.dropped, "undeliverable message dropped again");
+            return;
+        }
+        tracing::error!(
+            test_id = %key.0,
+            topic = key.1.name(),
+            bytes,
+            %err,
+            "message dropped: the bus refuses it and no retry can deliver it"
+        );
+        if self.told.len() >= TOLD_UNDELIVERABLE {
+            self.told.pop_front();
+        }
+        self.told.push_back(key);
     }
 }
 
@@ -438,6 +571,10 @@ impl Backend for Orchestrator {
         self.core().options().limits
     }
 
+    fn refused_targets(&self) -> Vec<std::net::SocketAddr> {
+        self.refused_targets.lock().expect("lock").clone()
+    }
+
     async fn create(&self, spec: TestSpec) -> Result<TestView, AppError> {
         let now = unix_ms_now();
         let id = uuid::Uuid::now_v7().simple().to_string();
@@ -450,12 +587,32 @@ impl Backend for Orchestrator {
         Ok(view)
     }
 
+    /// From memory when the whole test is there; a running test's sealed seconds are read
+    /// from the store into a copy; a finished test held as its list line is read from the
+    /// store.
     async fn view(&self, id: &str) -> Result<Option<TestView>, AppError> {
-        Ok(self.core().view(id))
+        for _ in 0..VIEW_ATTEMPTS {
+            let partial = {
+                let core = self.core();
+                match core.test(id) {
+                    Some(t) if t.is_complete() => return Ok(Some(t.view())),
+                    Some(t) => t.clone(),
+                    None => break,
+                }
+            };
+            let mut state = partial;
+            match self.writer.store().load_chunks(&mut state, None).await {
+                Ok(()) => return Ok(Some(state.view())),
+                // A newer write replaced a chunk meanwhile: copy the state again.
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(self.writer.store().load(id).await?.map(|(t, _)| t.view()))
     }
 
-    async fn list(&self) -> Result<Vec<TestListItem>, AppError> {
-        Ok(self.core().list())
+    async fn list_page(&self, query: &ListQuery) -> Result<Vec<TestListItem>, AppError> {
+        Ok(self.core().list(query))
     }
 
     async fn stop(&self, id: &str) -> Result<TestView, AppError> {
@@ -466,6 +623,27 @@ impl Backend for Orchestrator {
 
     async fn drivers(&self) -> Result<Vec<DriverInfo>, AppError> {
         Ok(self.core().drivers(unix_ms_now()))
+    }
+
+    async fn delete(&self, id: &str) -> Result<(), AppError> {
+        let in_memory = self.core().test(id).map(|t| t.is_finished());
+        let finished = match in_memory {
+            Some(finished) => finished,
+            // Not in memory: it may be in the store only.
+            None => match self.writer.store().load_head(id).await? {
+                Some((state, _)) => state.is_finished(),
+                None => return Err(AppError::NotFound(format!("no test with id `{id}`"))),
+            },
+        };
+        if !finished {
+            return Err(AppError::Conflict(format!(
+                "test {id} has not ended; stop it first"
+            )));
+        }
+        // Out of memory first, so no snapshot of it is written after the store forgets it.
+        self.core().forget(id);
+        self.writer.store().delete(id).await?;
+        Ok(())
     }
 
     async fn health(&self) -> Result<Health, AppError> {
@@ -485,5 +663,171 @@ impl Backend for Orchestrator {
 
     fn bus_state(&self) -> loadwave_bus::BusState {
         self.bus.health()
+    }
+}
+
+#[cfg(test)]
+mod outbox_tests {
+    use super::*;
+    use crate::launcher::PoolLauncher;
+    use loadwave_bus::{MemoryBus, Subscription};
+    use loadwave_proto::{TestConfig, Trigger};
+
+    /// A bus that fails every publish, retriably or not.
+    struct FailingBus {
+        retriable: bool,
+    }
+
+    #[async_trait]
+    impl Bus for FailingBus {
+        async fn publish_raw(&self, topic: Topic, _: &str, _: Vec<u8>) -> Result<(), BusError> {
+            Err(BusError::Publish {
+                topic: topic.name().to_string(),
+                reason: "broker away".into(),
+                retriable: self.retriable,
+            })
+        }
+
+        async fn subscribe(&self, _: &[Topic], _: &str) -> Result<Subscription, BusError> {
+            Ok(Subscription::channel().1)
+        }
+    }
+
+    fn spec(body_bytes: usize) -> TestSpec {
+        let json = format!(
+            r#"{{"target_url":"http://127.0.0.1:9/","test_type":"avalanche","requests_per_driver":1,"method":"POST","body":"{}"}}"#,
+            "x".repeat(body_bytes)
+        );
+        TestSpec::from_json(json.as_bytes()).unwrap()
+    }
+
+    fn config(test_id: &str, spec: TestSpec) -> Message {
+        Message::TestConfig(TestConfig {
+            test_id: test_id.into(),
+            driver_id: "d1".into(),
+            driver_index: 0,
+            spec,
+        })
+    }
+
+    fn trigger(test_id: &str, action: TriggerAction) -> Message {
+        Message::Trigger(Trigger {
+            test_id: test_id.into(),
+            action,
+        })
+    }
+
+    /// An orchestrator over `bus` with its publisher running, and a test of `spec`.
+    async fn started(bus: Arc<dyn Bus>, spec: TestSpec) -> (Arc<Orchestrator>, String, CancellationToken) {
+        let orch = Orchestrator::new(
+            bus,
+            TestStore::memory(),
+            Arc::new(PoolLauncher),
+            ControllerOptions::default(),
+        )
+        .await
+        .unwrap();
+        let id = orch.create(spec).await.unwrap().id;
+        let rx = orch.outbox_rx.lock().unwrap().take().unwrap();
+        let shutdown = CancellationToken::new();
+        tokio::spawn(orch.clone().publish_outbox(rx, shutdown.clone()));
+        (orch, id, shutdown)
+    }
+
+    /// Configurations the core would send again (requeued ones come back first).
+    fn requeued_configs(orch: &Orchestrator) -> usize {
+        orch.core()
+            .poll(unix_ms_now())
+            .iter()
+            .filter(|m| matches!(m, Message::TestConfig(_)))
+            .count()
+    }
+
+    /// The issue: a spec over the broker's message limit was retried about 400 times a
+    /// second, forever. Now it is dropped, and what fits still goes out.
+    #[tokio::test]
+    async fn a_message_the_bus_refuses_for_good_is_dropped_not_requeued() {
+        let bus = MemoryBus::new().with_max_message_bytes(4_000);
+        let mut drivers = bus
+            .subscribe(&[Topic::TestConfig, Topic::Trigger], "drivers")
+            .await
+            .unwrap();
+        let (orch, id, shutdown) = started(Arc::new(bus.clone()), spec(10_000)).await;
+        let big = config(&id, orch.core().test(&id).unwrap().spec().clone());
+        assert!(big.encode().len() > 4_000);
+        orch.send(big);
+        orch.send(trigger(&id, TriggerAction::Start { start_at_ms: 1 }));
+        let got = tokio::time::timeout(Duration::from_secs(5), drivers.next_message())
+            .await
+            .expect("the trigger went out")
+            .unwrap()
+            .0;
+        assert!(matches!(got, Message::Trigger(_)), "{got:?}");
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert_eq!(requeued_configs(&orch), 0, "the undeliverable config was requeued");
+        }
+        shutdown.cancel();
+    }
+
+    /// A failure a retry may cure (the broker away) still goes back to the core.
+    #[tokio::test]
+    async fn a_message_that_may_go_out_later_is_requeued() {
+        let (orch, id, shutdown) =
+            started(Arc::new(FailingBus { retriable: true }), spec(10)).await;
+        let cfg = config(&id, orch.core().test(&id).unwrap().spec().clone());
+        orch.send(cfg);
+        let mut requeued = 0;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            requeued += requeued_configs(&orch);
+            if requeued > 0 {
+                break;
+            }
+        }
+        assert_eq!(requeued, 1);
+        shutdown.cancel();
+
+        let (orch, id, shutdown) =
+            started(Arc::new(FailingBus { retriable: false }), spec(10)).await;
+        orch.send(config(&id, orch.core().test(&id).unwrap().spec().clone()));
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert_eq!(requeued_configs(&orch), 0);
+        }
+        shutdown.cancel();
+    }
+
+    /// Messages for a finished test are dropped before they are sent, but its stops go
+    /// out: the core sends them on purpose, to free drivers that missed one.
+    #[tokio::test]
+    async fn messages_for_finished_tests_are_dropped_but_stops() {
+        let bus = MemoryBus::new();
+        let mut drivers = bus
+            .subscribe(&[Topic::TestConfig, Topic::Trigger], "drivers")
+            .await
+            .unwrap();
+        let (orch, id, shutdown) = started(Arc::new(bus.clone()), spec(10)).await;
+        orch.core().request_stop(&id, unix_ms_now()).unwrap();
+        let _ = orch.core().poll(unix_ms_now());
+        assert!(orch.core().test(&id).unwrap().is_finished());
+        let cfg = config(&id, orch.core().test(&id).unwrap().spec().clone());
+        orch.send(cfg.clone());
+        orch.send(trigger(&id, TriggerAction::Start { start_at_ms: 1 }));
+        orch.send(config("no-such-test", spec(10)));
+        orch.send(trigger(&id, TriggerAction::Stop));
+        let got = tokio::time::timeout(Duration::from_secs(5), drivers.next_message())
+            .await
+            .expect("the stop went out")
+            .unwrap()
+            .0;
+        assert_eq!(got, trigger(&id, TriggerAction::Stop));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), drivers.next_message())
+                .await
+                .is_err(),
+            "something else went out"
+        );
+        shutdown.cancel();
     }
 }

@@ -16,6 +16,7 @@
 //! functions in `functions/` wire them to Lambda; tests wire them to the in-memory bus
 //! and store.
 
+pub mod access;
 pub mod api;
 pub mod aws;
 pub mod controller;
@@ -23,7 +24,8 @@ pub mod launcher;
 pub mod report;
 pub mod store;
 
-pub use api::{Backend, app};
+pub use access::ApiSecurity;
+pub use api::{Backend, app, secured_app};
 pub use aws::{LambdaController, StoreBackend};
 pub use controller::Orchestrator;
 pub use launcher::{EcsConfig, EcsLauncher, Launcher, PoolLauncher, ProcessLauncher};

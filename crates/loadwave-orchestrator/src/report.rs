@@ -15,6 +15,87 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// Query parameter names whose values are secrets, matched within the lowercase name
+/// without `-` and `_` (so `api_key`, `X-Api-Key` and `accessToken` all match).
+const SECRET_QUERY_NAMES: [&str; 10] = [
+    "token",
+    "key",
+    "sig",
+    "password",
+    "passwd",
+    "pwd",
+    "secret",
+    "auth",
+    "credential",
+    "session",
+];
+
+fn secret_query_name(name: &str) -> bool {
+    let plain: String = name
+        .chars()
+        .filter(|c| *c != '-' && *c != '_')
+        .flat_map(char::to_lowercase)
+        .collect();
+    SECRET_QUERY_NAMES.iter().any(|s| plain.contains(s))
+}
+
+/// A URL as the report shows it: the values of query parameters named like secrets
+/// (`token`, `key`, `sig`, `signature`, `password`, `secret`, `auth`, `api_key`,
+/// `access_token`, ...) and a password in the user part replaced by `<redacted>`.
+pub fn redact_url(url: &str) -> String {
+    let (before_fragment, fragment) = match url.split_once('#') {
+        Some((b, f)) => (b, Some(f)),
+        None => (url, None),
+    };
+    let (base, query) = match before_fragment.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (before_fragment, None),
+    };
+    let mut out = String::with_capacity(url.len());
+    // scheme://user:password@host/...: the password goes.
+    match base.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(authority_end);
+            out.push_str(scheme);
+            out.push_str("://");
+            match authority.rsplit_once('@') {
+                Some((user, host)) => {
+                    match user.split_once(':') {
+                        Some((name, _)) => {
+                            let _ = write!(out, "{name}:{}", loadwave_proto::spec::REDACTED);
+                        }
+                        None => out.push_str(user),
+                    }
+                    out.push('@');
+                    out.push_str(host);
+                }
+                None => out.push_str(authority),
+            }
+            out.push_str(path);
+        }
+        None => out.push_str(base),
+    }
+    if let Some(query) = query {
+        out.push('?');
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) if secret_query_name(name) => {
+                    format!("{name}={}", loadwave_proto::spec::REDACTED)
+                }
+                _ => pair.to_string(),
+            })
+            .collect();
+        out.push_str(&pairs.join("&"));
+    }
+    if let Some(fragment) = fragment {
+        out.push('#');
+        out.push_str(fragment);
+    }
+    out
+}
+
 fn ms(v: f64) -> String {
     if v >= 1000.0 {
         format!("{:.2} s", v / 1000.0)
@@ -241,7 +322,10 @@ figure{{margin:1rem 0}}figcaption{{font-weight:600}}li.warn{{color:#8a5300}}</st
         "<h1>{}{verdict}</h1><p class=muted>{} · {} · {} · started {} · id {}</p>",
         esc(&title),
         spec.test_type,
-        esc(&spec.target_label()),
+        esc(&match &spec.target_url {
+            Some(url) => redact_url(url),
+            None => spec.target_label(),
+        }),
         esc(&describe_load(spec)),
         date(v.start_at_ms.or(Some(v.created_at_ms))),
         esc(&v.id)
@@ -326,7 +410,7 @@ figure{{margin:1rem 0}}figcaption{{font-weight:600}}li.warn{{color:#8a5300}}</st
                 "<tr><td><b>{}</b><br><span class=muted>{} {}</span></td><td>{} ({:.0}%)</td><td>{}</td><td>{:.1}%</td><td>{} ({:.2}%)</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 esc(&r.name),
                 esc(&r.method),
-                esc(&r.url),
+                esc(&redact_url(&r.url)),
                 r.weight,
                 if total_weight > 0.0 {
                     100.0 * r.weight / total_weight
@@ -510,6 +594,27 @@ figure{{margin:1rem 0}}figcaption{{font-weight:600}}li.warn{{color:#8a5300}}</st
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_keep_their_secrets() {
+        for (url, shown) in [
+            (
+                "http://h/p?token=abc&page=2&api_key=k&X-Amz-Signature=s",
+                "http://h/p?token=<redacted>&page=2&api_key=<redacted>&X-Amz-Signature=<redacted>",
+            ),
+            (
+                "https://u:pw@h:8/p?password=x&access_token=y&sig=z&q=1#frag",
+                "https://u:<redacted>@h:8/p?password=<redacted>&access_token=<redacted>&sig=<redacted>&q=1#frag",
+            ),
+            (
+                "http://h/?secret=1&auth=2&flag",
+                "http://h/?secret=<redacted>&auth=<redacted>&flag",
+            ),
+            ("http://h/plain", "http://h/plain"),
+        ] {
+            assert_eq!(redact_url(url), shown);
+        }
+    }
 
     #[test]
     fn dates_and_escaping() {

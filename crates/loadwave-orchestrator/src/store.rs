@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::{StreamExt, TryStreamExt};
-use loadwave_core::{Snapshot, SnapshotError, TestListItem, TestState};
+use loadwave_core::{ListQuery, Snapshot, SnapshotError, TestListItem, TestState};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
@@ -98,6 +98,8 @@ pub struct TestStore {
     conditional: bool,
     name: String,
     written: Arc<Counters>,
+    /// A local directory's root: its files are made 0600 and its directories 0700.
+    local_root: Option<std::path::PathBuf>,
 }
 
 /// Attempts of a read-modify-write of the index before giving up.
@@ -115,6 +117,7 @@ impl TestStore {
             conditional,
             name: name.into(),
             written: Arc::default(),
+            local_root: None,
         }
     }
 
@@ -130,15 +133,36 @@ impl TestStore {
             reason,
         };
         std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+        // Specs hold secrets (headers, bodies): only the orchestrator's user may read them.
+        private_dir(dir).map_err(|e| fail(format!("cannot make it private (0700): {e}")))?;
         let fs = LocalFileSystem::new_with_prefix(dir)
             .map_err(|e| fail(e.to_string()))?
             // A test's chunk folder goes with its last chunk.
             .with_automatic_cleanup(true);
-        Ok(TestStore::new(
-            Arc::new(fs),
-            false,
-            format!("file://{}", dir.display()),
-        ))
+        let mut store = TestStore::new(Arc::new(fs), false, format!("file://{}", dir.display()));
+        store.local_root = Some(dir.to_path_buf());
+        Ok(store)
+    }
+
+    /// Makes a local object file 0600 and the directories from the root down to it 0700,
+    /// whatever the process's umask. A no-op for other stores.
+    fn harden(&self, key: &Path) {
+        let Some(root) = &self.local_root else {
+            return;
+        };
+        let mut at = root.clone();
+        let parts: Vec<_> = key.parts().collect();
+        for (i, part) in parts.iter().enumerate() {
+            at.push(part.as_ref());
+            let result = if i + 1 == parts.len() {
+                private_file(&at)
+            } else {
+                private_dir(&at)
+            };
+            if let Err(err) = result {
+                tracing::warn!(path = %at.display(), %err, "cannot restrict permissions");
+            }
+        }
     }
     /// From `LOADWAVE_STORE`: `file:///path` (or a bare path), `s3://bucket[/prefix]` or
     /// `memory:`. S3 takes the AWS SDK's usual environment (`AWS_REGION`, credentials,
@@ -248,6 +272,9 @@ impl TestStore {
             .await;
         self.written.puts.fetch_add(1, Ordering::Relaxed);
         self.written.bytes.fetch_add(len, Ordering::Relaxed);
+        if put.is_ok() {
+            self.harden(key);
+        }
         match put {
             Ok(r) => Ok(Version(UpdateVersion {
                 e_tag: r.e_tag,
@@ -278,6 +305,7 @@ impl TestStore {
             self.inner
                 .put(&Self::marker(state.id()), PutPayload::default())
                 .await?;
+            self.harden(&Self::marker(state.id()));
         }
         let snapshot = state.snapshot(&Self::nonce())?;
         self.put_snapshot(&snapshot, self.mode(None)).await
@@ -559,6 +587,29 @@ impl TestStore {
         Ok(out)
     }
 
+    /// The list lines of the finished tests (the index), as written.
+    pub async fn finished_items(&self) -> Result<Vec<TestListItem>, StoreError> {
+        Ok(self.read_index().await?.0)
+    }
+
+    /// A page of the tests' list lines, newest first (see [`ListQuery`]).
+    pub async fn list_page(&self, query: &ListQuery) -> Result<Vec<TestListItem>, StoreError> {
+        Ok(query.page(self.list().await?))
+    }
+
+    /// The body of chunk object `name` of test `id`; `None` if it is gone (a newer
+    /// document replaced it).
+    pub async fn chunk_body(
+        &self,
+        id: &str,
+        name: &str,
+    ) -> Result<Option<bytes::Bytes>, StoreError> {
+        Ok(self
+            .get_bytes(&Self::chunk_key(id, name))
+            .await?
+            .map(|(b, _)| b))
+    }
+
     /// Every test's list line, newest first: the index plus the active tests.
     pub async fn list(&self) -> Result<Vec<TestListItem>, StoreError> {
         let (mut items, _) = self.read_index().await?;
@@ -568,6 +619,57 @@ impl TestStore {
         // Ids are UUIDv7: time-ordered.
         items.sort_by(|a, b| b.id.cmp(&a.id));
         Ok(items)
+    }
+
+    /// Deletes test `id`: its timeline chunks, its document, its marker and its line in
+    /// the index. Whether it existed (its document was there).
+    pub async fn delete(&self, id: &str) -> Result<bool, StoreError> {
+        let chunks: Vec<Path> = self
+            .inner
+            .list(Some(&Self::chunk_dir(id)))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await?;
+        for key in chunks.iter().chain([&Self::marker(id)]) {
+            match self.inner.delete(key).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let existed = match self.inner.delete(&Self::key(id)).await {
+            Ok(()) => true,
+            Err(object_store::Error::NotFound { .. }) => false,
+            Err(e) => return Err(e.into()),
+        };
+        for _ in 0..INDEX_ATTEMPTS {
+            let (mut items, version) = self.read_index().await?;
+            let before = items.len();
+            items.retain(|i| i.id != id);
+            if items.len() == before {
+                break;
+            }
+            let bytes = serde_json::to_vec(&items).expect("index serializes");
+            match self
+                .put(&Self::index(), bytes, self.mode(version.as_ref()), "index")
+                .await
+            {
+                Ok(_) => break,
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(existed)
+    }
+
+    /// The ids of finished tests (from the index) that ended before `cutoff_ms`, ms since
+    /// the epoch: what a retention sweep deletes.
+    pub async fn finished_before(&self, cutoff_ms: u64) -> Result<Vec<String>, StoreError> {
+        let (items, _) = self.read_index().await?;
+        Ok(items
+            .into_iter()
+            .filter(|i| i.finished_at_ms.unwrap_or(i.created_at_ms) < cutoff_ms)
+            .map(|i| i.id)
+            .collect())
     }
 
     /// Every stored test, whole. A test that does not read back is reported and
@@ -594,6 +696,30 @@ impl TestStore {
     }
 }
 
+/// Makes `dir` readable by its owner only (0700).
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// Makes `file` readable by its owner only (0600).
+fn private_file(file: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))?;
+    }
+    #[cfg(not(unix))]
+    let _ = file;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -614,6 +740,8 @@ mod tests {
             s.apply(&register(d, Some(id)));
         }
         s.poll(1);
+        // A day of bus time: the plan has no end, so the bus clock bounds the seconds.
+        s.observe_clock(1 + 86_400_000);
         for second in 0..seconds {
             for d in &ids {
                 s.apply(&report(id, d, u64::from(second), false, 10));
@@ -824,5 +952,67 @@ mod tests {
         let store = TestStore::from_url(&format!("file://{}", dir.display())).unwrap();
         assert!(store.name().starts_with("file://"));
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Every file of a local store is 0600 and every directory 0700, whatever the umask
+    /// (the stored specs hold secret headers and bodies).
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_directory_store_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("lw-store-private-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let store = TestStore::local_dir(&dir).unwrap();
+        let mut s = running("t", 2, 3 * CHUNK_SECONDS);
+        store.create(&s).await.unwrap();
+        store.save(&mut s, None).await.unwrap();
+        let mut f = TestState::new("f", spec(), vec!["d".into()], 1, TestOptions::default());
+        store.create(&f).await.unwrap();
+        f.fail("no drivers", 5);
+        store.save(&mut f, None).await.unwrap();
+        let (mut files, mut dirs) = (0, 0);
+        let mut todo = vec![dir.clone()];
+        while let Some(at) = todo.pop() {
+            let mode = std::fs::metadata(&at).unwrap().permissions().mode() & 0o777;
+            if at.is_dir() {
+                dirs += 1;
+                assert_eq!(mode, 0o700, "{}", at.display());
+                todo.extend(std::fs::read_dir(&at).unwrap().map(|e| e.unwrap().path()));
+            } else {
+                files += 1;
+                assert_eq!(mode, 0o600, "{}", at.display());
+            }
+        }
+        assert!(files >= 4 && dirs >= 4, "{files} files, {dirs} directories");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_deleted_test_leaves_nothing_behind() {
+        let store = TestStore::memory();
+        let mut s = running("t", 2, 3 * CHUNK_SECONDS);
+        store.create(&s).await.unwrap();
+        store.save(&mut s, None).await.unwrap();
+        assert!(!chunk_objects(&store, "t").await.is_empty());
+        let mut f = TestState::new("f", spec(), vec!["d".into()], 1, TestOptions::default());
+        store.create(&f).await.unwrap();
+        let (_, v) = store.load_head("f").await.unwrap().unwrap();
+        f.fail("no drivers", 5_000);
+        store.save(&mut f, Some(&v)).await.unwrap();
+        assert_eq!(store.finished_before(5_001).await.unwrap(), ["f"]);
+        assert!(store.finished_before(5_000).await.unwrap().is_empty());
+
+        assert!(store.delete("f").await.unwrap());
+        assert!(store.load("f").await.unwrap().is_none());
+        assert!(store.finished_before(u64::MAX).await.unwrap().is_empty());
+        assert!(!store.delete("f").await.unwrap(), "already gone");
+        assert!(store.delete("t").await.unwrap());
+        assert!(chunk_objects(&store, "t").await.is_empty());
+        assert!(store.active_ids().await.unwrap().is_empty());
+        let left: Vec<_> = store.inner.list(None).try_collect().await.unwrap();
+        let left: Vec<String> = left.iter().map(|m| m.location.to_string()).collect();
+        assert!(left.iter().all(|k| k == "index.json"), "{left:?}");
     }
 }

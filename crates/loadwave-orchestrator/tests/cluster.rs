@@ -53,6 +53,8 @@ struct Stack {
     drivers: Vec<(String, Proc)>,
     target: TargetServer,
     http: ureq::Agent,
+    /// The API token the running orchestrator wrote to its data directory.
+    token: String,
 }
 
 impl Stack {
@@ -75,6 +77,7 @@ impl Stack {
             drivers: Vec::new(),
             target: TargetServer::start(&exe("loadwave-target"), &[]),
             http: agent(),
+            token: String::new(),
         }
     }
 
@@ -86,8 +89,11 @@ impl Stack {
         if !extra.is_empty() {
             self.orchestrator_args = extra.iter().map(|s| s.to_string()).collect();
         }
+        // A restarted orchestrator makes a new token: the old one must not be read.
+        let _ = std::fs::remove_file(self.dir.join("data/token"));
         let mut cmd = Command::new(exe("loadwave-orchestrator"));
-        cmd.args(["--listen", &format!("127.0.0.1:{}", self.port)])
+        cmd.env_remove("LOADWAVE_TOKEN")
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
             .args(["--brokers", &self.brokers, "--topic-prefix", &self.prefix])
             .args(["--data-dir", self.dir.join("data").to_str().unwrap()])
             .args(["--start-lead-ms", "500"])
@@ -97,6 +103,8 @@ impl Stack {
             &mut cmd,
             &self.dir.join("orchestrator.log"),
         ));
+        self.token =
+            loadwave_testkit::orchestrator_token(&self.dir.join("data"), Duration::from_secs(30));
         self.wait_answer("/healthz", 200, Duration::from_secs(30));
     }
 
@@ -149,7 +157,13 @@ impl Stack {
     }
 
     fn get(&self, path: &str) -> (u16, Value) {
-        match self.http.get(&self.url(path)).call() {
+        let auth = loadwave_testkit::bearer(&self.token);
+        match self
+            .http
+            .get(&self.url(path))
+            .header("authorization", &auth)
+            .call()
+        {
             Ok(mut r) => {
                 let status = r.status().as_u16();
                 let text = r.body_mut().read_to_string().unwrap_or_default();
@@ -164,6 +178,7 @@ impl Stack {
             .http
             .post(&self.url(path))
             .header("content-type", "application/json")
+            .header("authorization", &loadwave_testkit::bearer(&self.token))
             .send(body.to_string().as_bytes())
             .expect("orchestrator answers");
         let status = r.status().as_u16();
@@ -335,6 +350,9 @@ fn three_pool_drivers_count_exactly_and_start_together() {
     let cli = |threshold: &str| {
         Command::new(exe("loadwave"))
             .args(["start", "--orchestrator", &s.url(""), "--wait", "--json"])
+            // The CLI finds the token in the orchestrator's data directory.
+            .args(["--data-dir", s.dir.join("data").to_str().unwrap()])
+            .env_remove("LOADWAVE_TOKEN")
             .args([
                 "--target-url",
                 &s.target.url("/ping"),

@@ -24,6 +24,23 @@ pub enum HistogramError {
     /// The base64 text is malformed.
     #[error("histogram is not valid base64: {0}")]
     Base64(#[from] base64::DecodeError),
+    /// The base64 text is longer than any histogram this crate accepts could be.
+    #[error("histogram text is {len} bytes long; at most {limit} are accepted")]
+    TooLong {
+        /// Bytes of text given.
+        len: usize,
+        /// [`MAX_BASE64_LEN`].
+        limit: usize,
+    },
+    /// A field of the V2 header is outside what a histogram may declare; nothing was
+    /// allocated or inflated for it.
+    #[error("histogram header: {field} {problem}")]
+    Header {
+        /// The header field, as the V2 format names it.
+        field: &'static str,
+        /// What is wrong with its value.
+        problem: String,
+    },
     /// The bytes are not a V2 histogram.
     #[error("histogram does not decode: {0}")]
     Decode(String),
@@ -56,32 +73,39 @@ impl RecordedCounts {
         self.values.is_empty()
     }
 
+    /// The recorded values (the lowest of each bucket, µs) with their counts, ascending.
+    pub fn values(&self) -> &[(u64, u64)] {
+        &self.values
+    }
+
+    /// Counts from (value µs, count) pairs in ascending value order, as
+    /// [`RecordedCounts::values`] gives them (a sparse histogram kept elsewhere).
+    pub fn from_values(values: Vec<(u64, u64)>) -> RecordedCounts {
+        RecordedCounts { values }
+    }
+
     /// Reads what [`LatencyHistogram::to_base64`] (or `to_base64_uncompressed`) wrote,
     /// straight into counts: the same as `from_base64(text)?.recorded()`, but walking the
     /// encoded (non-zero) counts instead of building and scanning a histogram's whole
     /// bucket array. This is what the controller does with every bucket of every report.
     /// Histograms of other shapes (another precision, from another implementation) take
-    /// the general path.
+    /// the general path, after the same header checks.
+    ///
+    /// Every header field is checked before anything is allocated or inflated (see
+    /// [`MAX_COUNTS`] and its neighbours), so a hostile text costs at most a few
+    /// megabytes, briefly, whatever it claims.
     pub fn from_base64(text: &str) -> Result<RecordedCounts, HistogramError> {
-        let bytes = base64::engine::general_purpose::STANDARD.decode(text)?;
-        let decoded = match read_u32(&bytes, 0) {
-            Some(V2_COMPRESSED_COOKIE) => INFLATED.with_borrow_mut(|buf| {
-                buf.clear();
-                let len = read_u32(&bytes, 4).ok_or_else(|| corrupt("truncated header"))?;
-                let body = bytes
-                    .get(8..8 + len as usize)
-                    .ok_or_else(|| corrupt("truncated body"))?;
-                flate2::read::ZlibDecoder::new(body)
-                    .read_to_end(buf)
-                    .map_err(|e| corrupt(&e.to_string()))?;
-                sparse_v2(buf)
-            })?,
-            _ => sparse_v2(&bytes)?,
-        };
-        match decoded {
-            Some(counts) => Ok(counts),
-            None => Ok(LatencyHistogram::from_base64(text)?.recorded()),
-        }
+        let bytes = decode_base64(text)?;
+        with_plain_v2(&bytes, |plain, header| {
+            if header.digits == SIGNIFICANT_DIGITS && header.lowest == 1 {
+                sparse_v2(plain, &header)
+            } else {
+                Ok(LatencyHistogram {
+                    inner: full_v2(plain)?,
+                }
+                .recorded())
+            }
+        })
     }
 }
 
@@ -91,9 +115,40 @@ const V2_COMPRESSED_COOKIE: u32 = 0x1c84_9304 | 0x10;
 /// Bytes of a V2 header: cookie, payload length, normalizing offset, significant digits,
 /// lowest discernible value, highest trackable value, integer-to-double ratio.
 const V2_HEADER: usize = 40;
+/// Bytes before the zlib stream of a V2 deflate encoding: cookie, compressed length.
+const V2_COMPRESSED_HEADER: usize = 8;
 /// Buckets of one power of two at three significant digits: 2,048 sub-buckets, of which
 /// every bucket but the first uses the upper half (1,024 = 2^10).
 const HALF_COUNT_MAGNITUDE: u32 = 10;
+/// The most bytes one count takes in a V2 payload (a ZigZag LEB128 varint of a u64).
+const MAX_VARINT_BYTES: usize = 9;
+
+/// The largest lowest discernible value a decoded header may declare: one second in µs
+/// (a millisecond in ns). A histogram coarser than that measures nothing loadwave reports,
+/// and the bound keeps hdrhistogram's shifts far from overflow.
+pub const MAX_LOWEST_DISCERNIBLE: u64 = 1_000_000;
+/// The largest highest trackable value a decoded header may declare: 2^42 (about 51 days
+/// in µs, over 1,000 times [`MAX_TRACKED_US`]). It admits other implementations' common
+/// "one hour in nanoseconds" (3.6 × 10^12) setting; anything above is corrupt or hostile.
+pub const MAX_HIGHEST_TRACKABLE: u64 = 1 << 42;
+/// The most counts (bucket-array slots) a decoded header may imply: 2^18, so a decoded
+/// histogram holds at most 2 MiB of counts. Ours need at most 23,552 (three digits up to
+/// [`MAX_TRACKED_US`]); the smallest five-digit histogram needs exactly 2^18, so every
+/// precision the format allows stays readable for a small range.
+pub const MAX_COUNTS: usize = 1 << 18;
+/// The most bytes a valid plain V2 encoding can take (header plus nine bytes per count of
+/// [`MAX_COUNTS`]); a deflated one is never inflated past the bound its own header gives.
+pub const MAX_V2_BYTES: usize = V2_HEADER + MAX_COUNTS * MAX_VARINT_BYTES;
+/// The longest base64 text decoded: [`MAX_V2_BYTES`] plus deflate's worst-case growth on
+/// incompressible data (5 bytes per 64 KiB stored block, zlib's 6, the 8 of the outer
+/// header; 1/1024 and 64 bytes cover them), in base64. About 3.1 MB; longer text is
+/// refused before it is decoded.
+pub const MAX_BASE64_LEN: usize = (MAX_V2_BYTES + MAX_V2_BYTES / 1024 + 64).div_ceil(3) * 4;
+/// Capacity of the per-thread inflate buffer kept between calls. Our largest valid
+/// encoding is 40 + 23,552 × 9 bytes (about 212 kB), so normal reports never exceed it;
+/// after an outlier (another implementation's five-digit histogram, or an attack) the
+/// buffer is dropped rather than kept at its peak for the thread's life.
+const INFLATED_KEEP: usize = 256 * 1024;
 
 thread_local! {
     /// Inflated report histograms, one buffer per thread.
@@ -104,35 +159,248 @@ fn corrupt(why: &str) -> HistogramError {
     HistogramError::Decode(why.to_string())
 }
 
+fn bad_header(field: &'static str, problem: String) -> HistogramError {
+    HistogramError::Header { field, problem }
+}
+
 fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+    Some(u32::from_be_bytes(
+        bytes.get(at..at.checked_add(4)?)?.try_into().ok()?,
+    ))
 }
 
 fn read_u64(bytes: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_be_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+    Some(u64::from_be_bytes(
+        bytes.get(at..at.checked_add(8)?)?.try_into().ok()?,
+    ))
 }
 
-/// The non-zero counts of a plain V2 histogram as written by this crate (three
-/// significant digits, lowest value 1 µs, no offset): `None` for any other shape. Counts
-/// are ZigZag LEB128 varints; a negative one is a run of that many empty buckets.
-fn sparse_v2(bytes: &[u8]) -> Result<Option<RecordedCounts>, HistogramError> {
-    let header = |at| read_u32(bytes, at).ok_or_else(|| corrupt("truncated header"));
-    if header(0)? != V2_COOKIE {
-        return Err(corrupt("not a V2 histogram"));
+/// Base64 text to bytes, refusing text longer than any acceptable histogram first.
+fn decode_base64(text: &str) -> Result<Vec<u8>, HistogramError> {
+    if text.len() > MAX_BASE64_LEN {
+        return Err(HistogramError::TooLong {
+            len: text.len(),
+            limit: MAX_BASE64_LEN,
+        });
     }
-    let len = header(4)? as usize;
-    let ours = header(8)? == 0
-        && header(12)? == u32::from(SIGNIFICANT_DIGITS)
-        && read_u64(bytes, 16) == Some(1)
-        && read_u64(bytes, 32) == Some(1f64.to_bits());
-    if !ours {
-        return Ok(None);
+    Ok(base64::engine::general_purpose::STANDARD.decode(text)?)
+}
+
+/// A plain V2 header whose every field was checked against the bounds above.
+#[derive(Debug, Clone, Copy)]
+struct V2Header {
+    /// Payload bytes declared (at most `counts` × 9).
+    payload_len: usize,
+    /// Significant digits, 1–5.
+    digits: u8,
+    /// Lowest discernible value, 1 to [`MAX_LOWEST_DISCERNIBLE`].
+    lowest: u64,
+    /// Slots of the bucket array the header implies, at most [`MAX_COUNTS`].
+    counts: usize,
+}
+
+impl V2Header {
+    /// Checks the 40-byte plain V2 header at the start of `bytes`. Whether the payload it
+    /// declares is present is the caller's to check (it may still be compressed).
+    fn parse(bytes: &[u8]) -> Result<V2Header, HistogramError> {
+        let word = |at| read_u32(bytes, at).ok_or_else(|| corrupt("truncated header"));
+        let long = |at| read_u64(bytes, at).ok_or_else(|| corrupt("truncated header"));
+        let cookie = word(0)?;
+        if cookie != V2_COOKIE {
+            return Err(bad_header(
+                "cookie",
+                format!("is {cookie:#010x}; a plain V2 histogram has {V2_COOKIE:#010x}"),
+            ));
+        }
+        let payload_len = word(4)? as usize;
+        let offset = word(8)?;
+        if offset != 0 {
+            return Err(bad_header(
+                "normalizing offset",
+                format!("is {offset}; only 0 is supported"),
+            ));
+        }
+        let digits = word(12)?;
+        if !(1..=5).contains(&digits) {
+            return Err(bad_header(
+                "significant digits",
+                format!("is {digits}; must be 1 to 5"),
+            ));
+        }
+        let lowest = long(16)?;
+        if !(1..=MAX_LOWEST_DISCERNIBLE).contains(&lowest) {
+            return Err(bad_header(
+                "lowest discernible value",
+                format!("is {lowest}; must be 1 to {MAX_LOWEST_DISCERNIBLE}"),
+            ));
+        }
+        let highest = long(24)?;
+        if highest < 2 * lowest || highest > MAX_HIGHEST_TRACKABLE {
+            return Err(bad_header(
+                "highest trackable value",
+                format!(
+                    "is {highest}; must be from twice the lowest ({}) to {MAX_HIGHEST_TRACKABLE}",
+                    2 * lowest
+                ),
+            ));
+        }
+        let ratio = f64::from_bits(long(32)?);
+        if ratio != 1.0 {
+            return Err(bad_header(
+                "integer to double ratio",
+                format!("is {ratio}; only 1 is supported"),
+            ));
+        }
+        let digits = digits as u8;
+        let counts = counts_len(lowest, highest, digits);
+        if counts > MAX_COUNTS {
+            return Err(bad_header(
+                "highest trackable value",
+                format!(
+                    "is {highest}: with {digits} digits from {lowest} that takes {counts} counts; at most {MAX_COUNTS} are accepted"
+                ),
+            ));
+        }
+        if payload_len > counts * MAX_VARINT_BYTES {
+            return Err(bad_header(
+                "payload length",
+                format!(
+                    "is {payload_len} bytes; {counts} counts take at most {}",
+                    counts * MAX_VARINT_BYTES
+                ),
+            ));
+        }
+        Ok(V2Header {
+            payload_len,
+            digits,
+            lowest,
+            counts,
+        })
     }
+}
+
+/// The length of the counts array hdrhistogram allocates for these bounds, computed the
+/// way it does (`Histogram::new_with_bounds`), without allocating. The arguments are
+/// already checked: digits 1–5, `lowest` ≤ [`MAX_LOWEST_DISCERNIBLE`], `highest` ≥ twice it.
+fn counts_len(lowest: u64, highest: u64, digits: u8) -> usize {
+    // Sub-buckets: the power of two at or above 2 × 10^digits.
+    let largest = 2 * 10u64.pow(u32::from(digits));
+    let sub_magnitude = 64 - (largest - 1).leading_zeros();
+    let unit_magnitude = 63 - lowest.leading_zeros();
+    let mut smallest_untrackable = (1u64 << sub_magnitude) << unit_magnitude;
+    let mut buckets = 1usize;
+    while smallest_untrackable <= highest {
+        if smallest_untrackable > u64::MAX / 2 {
+            buckets += 1;
+            break;
+        }
+        smallest_untrackable <<= 1;
+        buckets += 1;
+    }
+    (buckets + 1) << (sub_magnitude - 1)
+}
+
+/// Runs `read` on the plain V2 encoding of `bytes`, with its checked header: `bytes`
+/// itself when it is plain (and holds the payload it declares), or its inflation when it
+/// is deflated. Inflation reads the 40 header bytes first and checks them, then at most
+/// the payload they declare (itself bounded by the counts the header implies): a deflate
+/// bomb stops there. The inflate buffer is per thread and dropped after an outlier.
+fn with_plain_v2<T>(
+    bytes: &[u8],
+    read: impl FnOnce(&[u8], V2Header) -> Result<T, HistogramError>,
+) -> Result<T, HistogramError> {
+    match read_u32(bytes, 0) {
+        Some(V2_COOKIE) => {
+            let header = V2Header::parse(bytes)?;
+            let present = bytes.len().saturating_sub(V2_HEADER);
+            if header.payload_len > present {
+                return Err(bad_header(
+                    "payload length",
+                    format!(
+                        "is {} bytes; only {present} are present",
+                        header.payload_len
+                    ),
+                ));
+            }
+            read(bytes, header)
+        }
+        Some(V2_COMPRESSED_COOKIE) => INFLATED.with_borrow_mut(|buf| {
+            let result = inflate_v2(bytes, buf).and_then(|header| read(buf, header));
+            buf.clear();
+            if buf.capacity() > INFLATED_KEEP {
+                *buf = Vec::new();
+            }
+            result
+        }),
+        Some(cookie) => Err(bad_header(
+            "cookie",
+            format!("is {cookie:#010x}; not a V2 histogram"),
+        )),
+        None => Err(corrupt("truncated header")),
+    }
+}
+
+/// Inflates a V2 deflate encoding into `out`, checking the inner header before the
+/// payload is inflated, and inflating no more payload than the header declares.
+fn inflate_v2(bytes: &[u8], out: &mut Vec<u8>) -> Result<V2Header, HistogramError> {
+    out.clear();
+    let len = read_u32(bytes, 4).ok_or_else(|| corrupt("truncated header"))? as usize;
+    let present = bytes.len().saturating_sub(V2_COMPRESSED_HEADER);
+    if len > present {
+        return Err(bad_header(
+            "compressed length",
+            format!("is {len} bytes; only {present} are present"),
+        ));
+    }
+    let body = &bytes[V2_COMPRESSED_HEADER..V2_COMPRESSED_HEADER + len];
+    let mut zlib = flate2::read::ZlibDecoder::new(body);
+    let mut head = [0u8; V2_HEADER];
+    zlib.read_exact(&mut head)
+        .map_err(|e| corrupt(&format!("compressed header: {e}")))?;
+    let header = V2Header::parse(&head)?;
+    out.extend_from_slice(&head);
+    let inflated = (&mut zlib)
+        .take(header.payload_len as u64)
+        .read_to_end(out)
+        .map_err(|e| corrupt(&format!("compressed payload: {e}")))?;
+    if inflated < header.payload_len {
+        return Err(corrupt("truncated compressed payload"));
+    }
+    // The encoders write nothing after the payload: more is a bomb behind an honest
+    // header, refused after one more byte rather than inflated.
+    if zlib.read(&mut [0u8; 1]).is_ok_and(|n| n > 0) {
+        return Err(bad_header(
+            "payload length",
+            format!(
+                "is {} bytes; the compressed stream holds more",
+                header.payload_len
+            ),
+        ));
+    }
+    Ok(header)
+}
+
+/// A full decode by hdrhistogram of a plain V2 encoding whose header was checked (and
+/// whose declared payload is present), so the allocations it makes from the header are
+/// bounded.
+fn full_v2(plain: &[u8]) -> Result<Histogram<u64>, HistogramError> {
+    Deserializer::new()
+        .deserialize(&mut &plain[..])
+        .map_err(|e| HistogramError::Decode(format!("{e:?}")))
+}
+
+/// The non-zero counts of a plain V2 histogram of this crate's shape (three significant
+/// digits, lowest value 1 µs; its header checked, its payload present). Counts are ZigZag
+/// LEB128 varints; a negative one is a run of that many empty buckets. A count beyond the
+/// bucket array the header implies is an error, as it is for hdrhistogram.
+fn sparse_v2(bytes: &[u8], header: &V2Header) -> Result<RecordedCounts, HistogramError> {
     let payload = bytes
-        .get(V2_HEADER..V2_HEADER + len)
+        .get(V2_HEADER..V2_HEADER + header.payload_len)
         .ok_or_else(|| corrupt("truncated payload"))?;
     let half = 1u64 << HALF_COUNT_MAGNITUDE;
-    let mut values = Vec::with_capacity(payload.len() / 2);
+    // Typical payloads are a few hundred bytes; the reservation never follows a hostile
+    // length far.
+    let mut values = Vec::with_capacity((payload.len() / 2).min(4096));
     let (mut index, mut at) = (0u64, 0usize);
     while at < payload.len() {
         let (mut raw, mut shift) = (0u64, 0u32);
@@ -156,6 +424,9 @@ fn sparse_v2(bytes: &[u8]) -> Result<Option<RecordedCounts>, HistogramError> {
             continue;
         }
         if n > 0 {
+            if index >= header.counts as u64 {
+                return Err(corrupt("count beyond the histogram's range"));
+            }
             // The lowest value of bucket `index` (hdrhistogram's index-to-value mapping
             // for a lowest value of 1).
             let bucket = (index >> HALF_COUNT_MAGNITUDE).saturating_sub(1);
@@ -164,14 +435,11 @@ fn sparse_v2(bytes: &[u8]) -> Result<Option<RecordedCounts>, HistogramError> {
             } else {
                 (index & (half - 1)) + half
             };
-            if bucket + u64::from(HALF_COUNT_MAGNITUDE) + 1 >= 64 {
-                return Err(corrupt("count beyond the histogram's range"));
-            }
             values.push((sub << bucket, n as u64));
         }
         index += 1;
     }
-    Ok(Some(RecordedCounts { values }))
+    Ok(RecordedCounts { values })
 }
 
 thread_local! {
@@ -328,12 +596,12 @@ impl LatencyHistogram {
     }
 
     /// Decodes what [`LatencyHistogram::to_base64`] produced (or any V2 / V2 deflate
-    /// histogram from another HdrHistogram implementation).
+    /// histogram from another HdrHistogram implementation), after the header checks of
+    /// [`RecordedCounts::from_base64`]: the text, the header and the inflation are bounded
+    /// before hdrhistogram allocates anything.
     pub fn from_base64(text: &str) -> Result<LatencyHistogram, HistogramError> {
-        let bytes = base64::engine::general_purpose::STANDARD.decode(text)?;
-        let mut inner: Histogram<u64> = Deserializer::new()
-            .deserialize(&mut bytes.as_slice())
-            .map_err(|e| HistogramError::Decode(format!("{e:?}")))?;
+        let bytes = decode_base64(text)?;
+        let mut inner = with_plain_v2(&bytes, |plain, _| full_v2(plain))?;
         inner.auto(true);
         Ok(LatencyHistogram { inner })
     }
@@ -464,6 +732,67 @@ mod tests {
         }
         assert!(RecordedCounts::from_base64("not base64!").is_err());
         assert!(RecordedCounts::from_base64("aGVsbG8gd29ybGQ=").is_err());
+    }
+
+    /// The counts-array length computed from a header is hdrhistogram's own.
+    #[test]
+    fn counts_len_matches_hdrhistogram() {
+        for digits in 1..=5u8 {
+            for lowest in [1u64, 2, 3, 1000, 1024, 999_999, MAX_LOWEST_DISCERNIBLE] {
+                for highest in [2 * lowest, 2 * lowest + 1, 1 << 20, MAX_TRACKED_US, 1 << 42] {
+                    if highest < 2 * lowest {
+                        continue;
+                    }
+                    let h = Histogram::<u64>::new_with_bounds(lowest, highest, digits).unwrap();
+                    assert_eq!(
+                        counts_len(lowest, highest, digits),
+                        h.distinct_values(),
+                        "{digits} digits, {lowest}..{highest}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The widest histogram a driver can send (every slot up to one hour, each with a
+    /// count that takes nine bytes) passes the header checks and fits the wire bound on a
+    /// bucket's histogram text.
+    #[test]
+    fn the_widest_histogram_of_our_shape_fits_every_bound() {
+        let mut h = LatencyHistogram::new();
+        h.record_us(MAX_TRACKED_US);
+        // Counts from 2^55 up take nine bytes; pseudo-random ones defeat deflate.
+        let mut x: u64 = 7;
+        let mut v = 1;
+        while v <= MAX_TRACKED_US {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            h.inner.record_n(v, (1 << 55) | (x >> 10)).unwrap();
+            v = h.inner.next_non_equivalent(v);
+        }
+        assert!(
+            h.inner.distinct_values() <= 23_552,
+            "{}",
+            h.inner.distinct_values()
+        );
+        let text = h.to_base64().unwrap();
+        let plain = h.to_base64_uncompressed().unwrap();
+        // Nine bytes per slot up to one hour: 209 kB of V2, 279 kB of base64 when plain.
+        assert!(plain.len() > 270_000, "{} bytes", plain.len());
+        for text in [text, plain] {
+            assert!(
+                text.len() <= crate::message::MAX_BUCKET_HISTOGRAM_LEN,
+                "{} bytes",
+                text.len()
+            );
+            let direct = RecordedCounts::from_base64(&text).unwrap();
+            assert_eq!(
+                direct,
+                LatencyHistogram::from_base64(&text).unwrap().recorded()
+            );
+            assert_eq!(direct, h.recorded());
+        }
     }
 
     #[test]

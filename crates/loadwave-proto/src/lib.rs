@@ -17,6 +17,8 @@
 
 pub mod histogram;
 pub mod message;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod profile;
 pub mod spec;
 pub mod threshold;

@@ -10,10 +10,42 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::TestSpec;
+use crate::spec::{MAX_DRIVERS, MAX_MIX, TestSpec};
 
 /// The envelope version this build writes and reads.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest envelope [`Message::decode`] reads, in bytes: 1 MiB. A Kafka producer
+/// refuses messages over its default `message.max.bytes` (1,000,000 bytes) anyway, so
+/// nothing deliverable is lost, and parsing is bounded before serde allocates anything:
+/// what a parsed message holds is a small multiple of its text.
+pub const MAX_ENVELOPE_BYTES: usize = 1 << 20;
+/// The longest id (driver, test or orchestrator), in bytes. Ids loadwave makes are 12–32
+/// characters (tests) and at most 80 (a driver's `{host}-{pid}-{6 hex}`, with Linux's
+/// 64-byte host names); ECS drivers' `task-{32 hex}` is 37.
+pub const MAX_ID_LEN: usize = 128;
+/// The longest host name a driver may register: 255 bytes, the longest DNS name (253)
+/// with room; Linux host names stop at 64.
+pub const MAX_HOST_LEN: usize = 255;
+/// The longest version string a driver may register (ours are `0.1.0`-like, or a git
+/// describe of about 30 characters).
+pub const MAX_VERSION_LEN: usize = 64;
+/// The most buckets one report may carry. A report holds one bucket per second since the
+/// previous report per request of the mix, so normally one or two seconds × at most
+/// [`MAX_MIX`] (100) requests, 200 buckets; the bound leaves 60 seconds of backlog (a
+/// broker outage) for the largest mix. A driver's bucket, histogram included, takes about
+/// 240 bytes or more, so Kafka's 1 MB message limit stops a report near 4,200 buckets
+/// first; only hand-made buckets with no maps and no histogram (about 110 bytes) reach
+/// this bound within [`MAX_ENVELOPE_BYTES`].
+pub const MAX_BUCKETS_PER_REPORT: usize = 6_000;
+/// The most distinct status codes one bucket may carry: 900, every three-digit code
+/// (100–999) an HTTP response can have, so no real bucket comes near it.
+pub const MAX_STATUS_CODES: usize = 900;
+/// The longest histogram text of one bucket, in bytes: 384 KiB. The largest encoding a
+/// driver can produce (a histogram of this crate's shape with every one of its 23,552
+/// counts nine bytes wide) is 212 kB of V2, 282,680 bytes of base64 even where deflate
+/// saves nothing; real ones are a few hundred bytes to a few kilobytes.
+pub const MAX_BUCKET_HISTOGRAM_LEN: usize = 384 * 1024;
 
 /// The five topics of the original system.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -375,18 +407,30 @@ impl Message {
         .expect("messages always serialize")
     }
 
-    /// Decodes an envelope, rejecting other versions and malformed bodies.
+    /// Decodes an envelope, rejecting other versions, malformed bodies, and messages that
+    /// break a size bound ([`Message::check_bounds`]). An envelope over
+    /// [`MAX_ENVELOPE_BYTES`] is refused before it is parsed, so every consumer (the
+    /// orchestrator, the Lambda controller, the drivers) spends at most a small multiple
+    /// of that on any one message.
     pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
         #[derive(Deserialize)]
         struct In {
             v: u32,
             body: Message,
         }
+        if bytes.len() > MAX_ENVELOPE_BYTES {
+            return Err(DecodeError::Bound {
+                field: "envelope",
+                limit: MAX_ENVELOPE_BYTES,
+                actual: bytes.len(),
+            });
+        }
         // One pass for what this build reads (every message a controller folds goes
         // through here); anything else is read again to say what is wrong with it.
         if let Ok(envelope) = serde_json::from_slice::<In>(bytes)
             && envelope.v == PROTOCOL_VERSION
         {
+            envelope.body.check_bounds()?;
             return Ok(envelope.body);
         }
         // The version is read first, so a newer envelope is reported as such rather than
@@ -400,10 +444,81 @@ impl Message {
         if version.v != PROTOCOL_VERSION {
             return Err(DecodeError::Version(version.v));
         }
-        serde_json::from_slice::<In>(bytes)
+        let body = serde_json::from_slice::<In>(bytes)
             .map(|i| i.body)
-            .map_err(|e| DecodeError::Body(e.to_string()))
+            .map_err(|e| DecodeError::Body(e.to_string()))?;
+        body.check_bounds()?;
+        Ok(body)
     }
+
+    /// Checks every length and count the message carries against the protocol's bounds
+    /// (the `MAX_*` constants of this module, plus [`MAX_DRIVERS`] and [`MAX_MIX`] for
+    /// positions): the first one broken is named. [`Message::decode`] calls it; values
+    /// that depend on a test's plan (seconds, sequence numbers) are the controller's to
+    /// check.
+    pub fn check_bounds(&self) -> Result<(), DecodeError> {
+        match self {
+            Message::Register(r) => {
+                bound("register.driver_id", r.driver_id.len(), MAX_ID_LEN)?;
+                bound("register.host", r.host.len(), MAX_HOST_LEN)?;
+                bound("register.version", r.version.len(), MAX_VERSION_LEN)?;
+                bound_opt("register.test_id", r.test_id.as_deref(), MAX_ID_LEN)
+            }
+            Message::Heartbeat(h) => {
+                bound("heartbeat.driver_id", h.driver_id.len(), MAX_ID_LEN)?;
+                bound_opt("heartbeat.test_id", h.test_id.as_deref(), MAX_ID_LEN)
+            }
+            Message::TestConfig(c) => {
+                bound("test_config.test_id", c.test_id.len(), MAX_ID_LEN)?;
+                bound("test_config.driver_id", c.driver_id.len(), MAX_ID_LEN)?;
+                bound(
+                    "test_config.driver_index",
+                    c.driver_index as usize,
+                    MAX_DRIVERS as usize - 1,
+                )
+            }
+            Message::Trigger(t) => bound("trigger.test_id", t.test_id.len(), MAX_ID_LEN),
+            Message::Tick(t) => bound("tick.orchestrator_id", t.orchestrator_id.len(), MAX_ID_LEN),
+            Message::Metrics(m) => {
+                bound("metrics.test_id", m.test_id.len(), MAX_ID_LEN)?;
+                bound("metrics.driver_id", m.driver_id.len(), MAX_ID_LEN)?;
+                bound("metrics.buckets", m.buckets.len(), MAX_BUCKETS_PER_REPORT)?;
+                for b in &m.buckets {
+                    if let Some(request) = b.request {
+                        bound("metrics.buckets.request", request as usize, MAX_MIX - 1)?;
+                    }
+                    bound(
+                        "metrics.buckets.status_codes",
+                        b.status_codes.len(),
+                        MAX_STATUS_CODES,
+                    )?;
+                    bound(
+                        "metrics.buckets.histogram",
+                        b.histogram.len(),
+                        MAX_BUCKET_HISTOGRAM_LEN,
+                    )?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `Ok` when `actual` is at most `limit`, else the [`DecodeError::Bound`] naming `field`.
+fn bound(field: &'static str, actual: usize, limit: usize) -> Result<(), DecodeError> {
+    if actual > limit {
+        return Err(DecodeError::Bound {
+            field,
+            limit,
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// [`bound`] on the length of an optional string.
+fn bound_opt(field: &'static str, text: Option<&str>, limit: usize) -> Result<(), DecodeError> {
+    text.map_or(Ok(()), |t| bound(field, t.len(), limit))
 }
 
 /// A message that could not be read.
@@ -418,6 +533,18 @@ pub enum DecodeError {
     /// The body is not a known message.
     #[error("malformed message body: {0}")]
     Body(String),
+    /// A length or count is beyond the protocol's bound: `field` is the envelope itself
+    /// (in bytes) or a dotted path into the body (`metrics.driver_id`, bytes;
+    /// `metrics.buckets`, entries; `test_config.driver_index`, a position).
+    #[error("`{field}` is {actual}; at most {limit} is allowed")]
+    Bound {
+        /// What is too large.
+        field: &'static str,
+        /// The largest value allowed.
+        limit: usize,
+        /// The value found.
+        actual: usize,
+    },
 }
 
 #[cfg(test)]

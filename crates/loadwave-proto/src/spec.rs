@@ -1,7 +1,7 @@
 //! The test specification: what users submit and drivers execute.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
@@ -16,8 +16,17 @@ pub const MAX_CONCURRENCY: u32 = 20_000;
 pub const MAX_REQUESTS_PER_DRIVER: u64 = 1_000_000_000;
 /// The longest request timeout: one hour.
 pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
-/// The largest request body a spec may carry (1 MiB).
-pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// The largest request body a spec may carry (512 KiB): with the rest of the spec it
+/// must fit one bus message ([`MAX_SPEC_BYTES`]).
+pub const MAX_BODY_BYTES: usize = 512 << 10;
+/// The largest message the bus carries, bytes: librdkafka's default producer
+/// `message.max.bytes`, which `MemoryBus` enforces too so `loadwave run` fails the same
+/// way. A publish over it can never succeed, whatever the retries.
+pub const MAX_MESSAGE_BYTES: usize = 1_000_000;
+/// The largest encoded spec a test may have, bytes: it travels inside every driver's
+/// `test_config` message, which must stay under [`MAX_MESSAGE_BYTES`] with room for the
+/// envelope (ids, JSON framing).
+pub const MAX_SPEC_BYTES: usize = 900_000;
 
 /// How requests are paced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,12 +76,23 @@ impl std::str::FromStr for TestType {
 pub const MAX_MIX: usize = 100;
 /// The most stages a spec may carry.
 pub const MAX_STAGES: usize = 100;
-/// The longest test, seconds: a week. Longer runs are better split into tests.
+/// The longest `duration_s`, and the longest stage, seconds: a week. Longer runs are
+/// better split into tests; a deployment caps durations lower (`LOADWAVE_MAX_DURATION_S`).
 pub const MAX_DURATION_S: f64 = 604_800.0;
 /// The highest arrival rate a spec may plan, requests per second over the whole test.
 pub const MAX_RATE: f64 = 10_000_000.0;
 /// The longest grace before abort thresholds are evaluated, seconds.
 pub const MAX_ABORT_GRACE_S: f64 = 3_600.0;
+/// The longest Tsunami delay between two requests of a driver, ms: an hour.
+pub const MAX_DELAY_MS: f64 = 3_600_000.0;
+/// The longest test name, characters: a label, not a document.
+pub const MAX_NAME_CHARS: usize = 200;
+/// The longest name of a mix's request, characters (it labels tables and charts).
+pub const MAX_REQUEST_NAME_CHARS: usize = 64;
+/// The smallest positive stage duration (s) and stage or start target: a millisecond, a
+/// thousandth of a request per second or of a connection. Anything below is a typo or a
+/// rounding artefact, and with it every positive stage plans at least one request.
+pub const MIN_PROFILE_VALUE: f64 = 0.001;
 
 /// A load test as submitted to `POST /tests` or `loadwave run`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,11 +112,15 @@ pub struct TestSpec {
     /// `avalanche` (closed model) or `tsunami` (open model).
     pub test_type: TestType,
     /// How many driver nodes take part.
-    #[serde(default = "default_drivers")]
+    #[serde(default = "default_drivers", deserialize_with = "whole::u32")]
     pub drivers: u32,
     /// How many requests each driver sends at most. A test is bound by this, by its
     /// duration (`duration_s` or `stages`), or by both (whichever comes first).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole::opt_u64"
+    )]
     pub requests_per_driver: Option<u64>,
     /// How long the test sends, seconds from the common start. Requests in flight at the
     /// end complete and are counted.
@@ -104,7 +128,11 @@ pub struct TestSpec {
     pub duration_s: Option<f64>,
     /// Connections per driver (requests in flight at most); 10 when not given. Avalanche
     /// with `stages` takes its concurrency from the stages instead.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole::opt_u32"
+    )]
     pub concurrency: Option<u32>,
     /// Tsunami: the delay between two consecutive requests of one driver, ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -123,7 +151,7 @@ pub struct TestSpec {
     pub start_target: Option<f64>,
     /// How long one request (connect, send, whole response) may take before it counts as
     /// a `timeout` error.
-    #[serde(default = "default_timeout_ms")]
+    #[serde(default = "default_timeout_ms", deserialize_with = "whole::u64")]
     pub timeout_ms: u64,
     /// The HTTP method of `target_url`.
     #[serde(default = "default_method")]
@@ -144,7 +172,30 @@ pub struct TestSpec {
     /// the first second's numbers are too few to judge by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abort_grace_s: Option<f64>,
+    /// More header names whose values are secrets (case-insensitive), on top of
+    /// `Authorization`, `Cookie`, `Proxy-Authorization` and `X-Api-Key`: drivers send
+    /// them, but every view of the test (API, report, CLI, logs) shows `<redacted>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_headers: Vec<String>,
+    /// Show request bodies in the test's views; by default they are redacted, as they
+    /// often carry credentials. Drivers send them either way.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub show_body: bool,
 }
+
+/// What a view shows instead of a secret header value or a hidden body.
+pub const REDACTED: &str = "<redacted>";
+
+/// Headers whose values are always secrets (lowercase).
+pub const SECRET_HEADERS: [&str; 4] = [
+    "authorization",
+    "cookie",
+    "proxy-authorization",
+    "x-api-key",
+];
+
+/// The most header names `secret_headers` may list.
+pub const MAX_SECRET_HEADERS: usize = 64;
 
 /// One request of a weighted mix.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -178,6 +229,43 @@ pub struct Stage {
     pub duration_s: f64,
     /// Tsunami: the whole test's requests per second; Avalanche: connections per driver.
     pub target: f64,
+}
+
+/// Whole numbers as JSON Schema sees them: `3` and `3.0` alike (its `integer` type takes
+/// both, and so does the API), but neither `3.5` nor a number out of range.
+mod whole {
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    fn read<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        match serde_json::Number::deserialize(d)? {
+            n if n.is_u64() => Ok(n.as_u64().unwrap_or_default()),
+            n => match n.as_f64() {
+                Some(f) if f >= 0.0 && f.fract() == 0.0 && f <= u64::MAX as f64 => Ok(f as u64),
+                _ => Err(D::Error::custom(format!("expected a whole number of at least 0, got {n}"))),
+            },
+        }
+    }
+
+    pub fn u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        read(d)
+    }
+
+    pub fn u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        let n = read(d)?;
+        u32::try_from(n).map_err(|_| D::Error::custom(format!("{n} is out of range")))
+    }
+
+    pub fn opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        Option::<serde_json::Number>::deserialize(d)?
+            .map(|n| read(n).map_err(D::Error::custom))
+            .transpose()
+    }
+
+    pub fn opt_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        Option::<serde_json::Number>::deserialize(d)?
+            .map(|n| u32(n).map_err(D::Error::custom))
+            .transpose()
+    }
 }
 
 /// One driver unless asked otherwise: the zero-setup default.
@@ -288,6 +376,14 @@ impl TestSpec {
 
     /// Checks every field's range and form, and that the fields fit together.
     pub fn validate(&self) -> Result<(), SpecError> {
+        if let Some(name) = &self.name
+            && name.chars().count() > MAX_NAME_CHARS
+        {
+            return Err(SpecError::new(
+                "name",
+                format!("must be at most {MAX_NAME_CHARS} characters"),
+            ));
+        }
         self.validate_requests()?;
         if self.drivers == 0 || self.drivers > MAX_DRIVERS {
             return Err(SpecError::new(
@@ -326,6 +422,7 @@ impl TestSpec {
                 }
             }
         }
+        self.validate_secret_headers()?;
         if let Some(g) = self.abort_grace_s
             && !(g.is_finite() && (0.0..=MAX_ABORT_GRACE_S).contains(&g))
         {
@@ -335,6 +432,63 @@ impl TestSpec {
             ));
         }
         Ok(())
+    }
+
+    fn validate_secret_headers(&self) -> Result<(), SpecError> {
+        if self.secret_headers.len() > MAX_SECRET_HEADERS {
+            return Err(SpecError::new(
+                "secret_headers",
+                format!(
+                    "lists {} names; at most {MAX_SECRET_HEADERS} are allowed",
+                    self.secret_headers.len()
+                ),
+            ));
+        }
+        for (i, name) in self.secret_headers.iter().enumerate() {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(SpecError::new(
+                    format!("secret_headers[{i}]"),
+                    format!("`{name}` is not a valid header name"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the value of header `name` is a secret: one of [`SECRET_HEADERS`] or
+    /// listed in `secret_headers`, compared without regard to case.
+    pub fn is_secret_header(&self, name: &str) -> bool {
+        SECRET_HEADERS.iter().any(|s| s.eq_ignore_ascii_case(name))
+            || self
+                .secret_headers
+                .iter()
+                .any(|s| s.eq_ignore_ascii_case(name))
+    }
+
+    /// The spec as views show it: secret header values (see
+    /// [`TestSpec::is_secret_header`]) and, unless `show_body`, request bodies replaced by
+    /// [`REDACTED`], the mix's requests included. Drivers get the spec itself.
+    pub fn redacted(&self) -> TestSpec {
+        let mut out = self.clone();
+        let hide = |headers: &mut BTreeMap<String, String>| {
+            for (name, value) in headers.iter_mut() {
+                if self.is_secret_header(name) {
+                    *value = REDACTED.to_string();
+                }
+            }
+        };
+        let hide_body = |body: &mut Option<String>| {
+            if !self.show_body && body.is_some() {
+                *body = Some(REDACTED.to_string());
+            }
+        };
+        hide(&mut out.headers);
+        hide_body(&mut out.body);
+        for r in out.requests.iter_mut().flatten() {
+            hide(&mut r.headers);
+            hide_body(&mut r.body);
+        }
+        out
     }
 
     fn validate_requests(&self) -> Result<(), SpecError> {
@@ -384,17 +538,20 @@ impl TestSpec {
                 for (i, r) in mix.iter().enumerate() {
                     let at = format!("requests[{i}]");
                     let name = r.name.trim();
-                    if name.is_empty() || name.len() > 64 {
+                    if name.is_empty() || name.chars().count() > MAX_REQUEST_NAME_CHARS {
                         return Err(SpecError::new(
                             format!("{at}.name"),
-                            "must be 1 to 64 characters",
+                            format!("must be 1 to {MAX_REQUEST_NAME_CHARS} characters"),
                         ));
                     }
-                    if name.contains(['{', '}', '<', '>']) || name != r.name {
+                    if name.contains(['{', '}', '<', '>'])
+                        || name.contains(char::is_control)
+                        || name != r.name
+                    {
                         return Err(SpecError::new(
                             format!("{at}.name"),
                             format!(
-                                "`{}` may not hold braces or angle brackets, nor start or end with spaces",
+                                "`{}` may not hold braces, angle brackets or control characters, nor start or end with spaces",
                                 r.name
                             ),
                         ));
@@ -518,11 +675,11 @@ impl TestSpec {
                     _ => {}
                 }
                 if let Some(d) = self.delay_ms
-                    && !(d.is_finite() && d > 0.0 && d <= 3_600_000.0)
+                    && !(d.is_finite() && d > 0.0 && d <= MAX_DELAY_MS)
                 {
                     return Err(SpecError::new(
                         "delay_ms",
-                        format!("must be a number above 0 and at most 3600000, got {d}"),
+                        format!("must be a number above 0 and at most {MAX_DELAY_MS}, got {d}"),
                     ));
                 }
                 if let Some(r) = self.rate
@@ -541,7 +698,8 @@ impl TestSpec {
             TestType::Avalanche => (f64::from(MAX_CONCURRENCY), "connections per driver"),
             TestType::Tsunami => (MAX_RATE, "requests per second"),
         };
-        let in_range = |v: f64| v.is_finite() && (0.0..=cap).contains(&v);
+        let in_range =
+            |v: f64| v == 0.0 || (v.is_finite() && (MIN_PROFILE_VALUE..=cap).contains(&v));
         match &self.stages {
             None => {
                 if self.start_target.is_some() {
@@ -569,30 +727,32 @@ impl TestSpec {
                 {
                     return Err(SpecError::new(
                         "start_target",
-                        format!("must be between 0 and {cap} {unit}, got {s}"),
+                        format!(
+                            "must be 0 or between {MIN_PROFILE_VALUE} and {cap} {unit}, got {s}"
+                        ),
                     ));
                 }
-                let mut total = 0.0;
                 for (i, s) in stages.iter().enumerate() {
-                    if !(s.duration_s.is_finite() && s.duration_s > 0.0) {
+                    if !(s.duration_s.is_finite()
+                        && (MIN_PROFILE_VALUE..=MAX_DURATION_S).contains(&s.duration_s))
+                    {
                         return Err(SpecError::new(
                             format!("stages[{i}].duration_s"),
-                            format!("must be above 0 seconds, got {}", s.duration_s),
+                            format!(
+                                "must be between {MIN_PROFILE_VALUE} and {MAX_DURATION_S} seconds, got {}",
+                                s.duration_s
+                            ),
                         ));
                     }
                     if !in_range(s.target) {
                         return Err(SpecError::new(
                             format!("stages[{i}].target"),
-                            format!("must be between 0 and {cap} {unit}, got {}", s.target),
+                            format!(
+                                "must be 0 or between {MIN_PROFILE_VALUE} and {cap} {unit}, got {}",
+                                s.target
+                            ),
                         ));
                     }
-                    total += s.duration_s;
-                }
-                if total > MAX_DURATION_S {
-                    return Err(SpecError::new(
-                        "stages",
-                        format!("last {total} s in all; at most {MAX_DURATION_S} are allowed"),
-                    ));
                 }
                 let peak = stages
                     .iter()
@@ -770,9 +930,73 @@ pub struct TargetUrl {
     pub path_and_query: String,
 }
 
+/// The longest target URL, characters.
+pub const MAX_URL_CHARS: usize = 8_192;
+
+/// Whether `raw` has the form of a target URL, as `/openapi.json` states it
+/// (`loadwave_proto::openapi::URL_PATTERN`): `http://` or `https://`, a host name (labels
+/// of letters, digits, `-` and `_`, separated by dots) or a bracketed IPv6 address, an
+/// optional port (0–65535, no leading zeros), then a path of RFC 3986 path characters and
+/// an optional query. No user info, no fragment, nothing percent-decoded. Checked by hand
+/// (the crate has no regex engine) with the same rules as the pattern.
+fn plain_url_form(raw: &str) -> Result<(), &'static str> {
+    if raw.chars().count() > MAX_URL_CHARS {
+        return Err("it is longer than 8192 characters");
+    }
+    let rest = raw
+        .strip_prefix("http://")
+        .or_else(|| raw.strip_prefix("https://"))
+        .ok_or("it must start with http:// or https://")?;
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let port = if let Some(v6) = authority.strip_prefix('[') {
+        let (addr, after) = v6.split_once(']').ok_or("an IPv6 host needs its closing `]`")?;
+        addr.parse::<Ipv6Addr>()
+            .map_err(|_| "the host in brackets is not an IPv6 address")?;
+        match after {
+            "" => None,
+            p => Some(p.strip_prefix(':').ok_or("only a port may follow the host")?),
+        }
+    } else {
+        let (host, port) = match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        };
+        let label_ok =
+            |l: &str| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !host.split('.').all(label_ok) {
+            return Err("the host must be a name of letters, digits, `-` and `_` between dots, or [IPv6]");
+        }
+        port
+    };
+    if let Some(p) = port {
+        let digits_ok = !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit());
+        if !digits_ok || (p.len() > 1 && p.starts_with('0')) || p.parse::<u32>().map_or(true, |n| n > 65_535) {
+            return Err("the port must be a number from 0 to 65535");
+        }
+    }
+    let pchar = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@%".contains(&b);
+    let (path, query) = match tail.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (tail, None),
+    };
+    if !path.bytes().all(|b| pchar(b) || b == b'/') {
+        return Err("the path holds a character that must be percent-encoded");
+    }
+    if let Some(q) = query
+        && !q.bytes().all(|b| pchar(b) || b == b'/' || b == b'?')
+    {
+        return Err("the query holds a character that must be percent-encoded");
+    }
+    Ok(())
+}
+
 /// Parses and checks a target URL: `http` or `https`, with a host.
 pub fn parse_target_url(raw: &str) -> Result<TargetUrl, SpecError> {
     let err = |m: String| SpecError::new("target_url", m);
+    if let Err(why) = plain_url_form(raw) {
+        return Err(err(format!("`{raw}` is not a valid URL: {why}")));
+    }
     let uri: http::Uri = raw
         .parse()
         .map_err(|e| err(format!("`{raw}` is not a valid URL: {e}")))?;
@@ -828,26 +1052,89 @@ pub fn parse_target_url(raw: &str) -> Result<TargetUrl, SpecError> {
 
 /// Why `ip` must never be a target, if it must not: link-local addresses, which in a
 /// cloud hold the instance and task metadata services (169.254.169.254, 169.254.170.2,
-/// fd00:ec2::254) and their credentials. Checked on the URL's literal address when a spec
+/// fd00:ec2::254) and their credentials, and AWS's internal range `fd00:ec2::/32` (its
+/// metadata, DNS and time services). Checked on the URL's literal address when a spec
 /// is validated, and on every resolved address by the API and by the driver.
+///
+/// An IPv6 address that carries an IPv4 one is judged by that IPv4 address as well,
+/// whatever the form (a translator or relay on the path would deliver it there):
+/// IPv4-mapped `::ffff:a.b.c.d`, IPv4-translated `::ffff:0:a.b.c.d`, IPv4-compatible
+/// `::a.b.c.d`, NAT64 `64:ff9b::/96` and the local-use `64:ff9b:1::/48` (every RFC 6052
+/// position), 6to4 `2002::/16` and Teredo `2001:0::/32` (server and client). Loopback
+/// and private addresses stay allowed: tests aim at them.
 pub fn forbidden_address(ip: IpAddr) -> Option<&'static str> {
-    let v4 = match ip {
-        IpAddr::V4(v4) => Some(v4),
-        IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+    const LINK_LOCAL: &str = "a link-local address (cloud metadata services)";
+    const EMBEDDED: &str =
+        "an IPv6 address carrying a link-local IPv4 address (cloud metadata services)";
+    let v6 = match ip {
+        IpAddr::V4(v4) => return v4.is_link_local().then_some(LINK_LOCAL),
+        IpAddr::V6(v6) => v6,
     };
-    if let Some(v4) = v4 {
-        return v4
-            .is_link_local()
-            .then_some("a link-local address (cloud metadata services)");
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return v4.is_link_local().then_some(LINK_LOCAL);
     }
-    let IpAddr::V6(v6) = ip else { return None };
-    if v6.segments()[0] & 0xffc0 == 0xfe80 {
-        return Some("a link-local address (cloud metadata services)");
+    let s = v6.segments();
+    if s[0] & 0xffc0 == 0xfe80 {
+        return Some(LINK_LOCAL);
     }
-    if v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) {
-        return Some("the instance metadata service");
+    if s[0] == 0xfd00 && s[1] == 0x0ec2 {
+        return Some("an AWS-internal address (fd00:ec2::/32: instance metadata, DNS and time services)");
     }
-    None
+    embedded_ipv4(v6)
+        .iter()
+        .any(Ipv4Addr::is_link_local)
+        .then_some(EMBEDDED)
+}
+
+/// The IPv4 addresses an IPv6 address carries in the forms a translator, tunnel or relay
+/// would deliver to (the mapped form is handled by the caller).
+fn embedded_ipv4(v6: Ipv6Addr) -> Vec<Ipv4Addr> {
+    let s = v6.segments();
+    let o = v6.octets();
+    let v4 = |b: [u8; 4]| Ipv4Addr::from(b);
+    let last = v4([o[12], o[13], o[14], o[15]]);
+    let mut found = Vec::new();
+    // IPv4-compatible ::a.b.c.d (deprecated, still routed by some stacks) and
+    // IPv4-translated ::ffff:0:a.b.c.d (SIIT).
+    if s[..6] == [0; 6] || s[..6] == [0, 0, 0, 0, 0xffff, 0] {
+        found.push(last);
+    }
+    // NAT64 well-known prefix 64:ff9b::/96.
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        found.push(last);
+    }
+    // NAT64 local-use 64:ff9b:1::/48: the operator picks the prefix length, so every
+    // RFC 6052 position a prefix inside it may use (bits 64-71 are always skipped).
+    if s[..3] == [0x64, 0xff9b, 0x0001] {
+        found.push(v4([o[6], o[7], o[9], o[10]])); // /48
+        found.push(v4([o[7], o[9], o[10], o[11]])); // /56
+        found.push(v4([o[9], o[10], o[11], o[12]])); // /64
+        found.push(last); // /96
+    }
+    // 6to4 2002:AABB:CCDD::/48.
+    if s[0] == 0x2002 {
+        found.push(v4([o[2], o[3], o[4], o[5]]));
+    }
+    // Teredo 2001:0:SERVER:flags:port:CLIENT, the client's address inverted.
+    if s[0] == 0x2001 && s[1] == 0 {
+        found.push(v4([o[4], o[5], o[6], o[7]]));
+        found.push(v4([!o[12], !o[13], !o[14], !o[15]]));
+    }
+    found
+}
+
+/// Whether a connection to `target` reaches the listener bound to `listener`: the same
+/// port, and the same address once IPv4-mapped forms are unwrapped. A listener on the
+/// unspecified address (`0.0.0.0`, `::`) is reached through loopback, and a target on
+/// the unspecified address reaches the local host. Used to keep the orchestrator from
+/// aiming drivers at itself or at its brokers.
+pub fn reaches(target: std::net::SocketAddr, listener: std::net::SocketAddr) -> bool {
+    if target.port() != listener.port() {
+        return false;
+    }
+    let (t, l) = (target.ip().to_canonical(), listener.ip().to_canonical());
+    let local = |ip: IpAddr| ip.is_loopback() || ip.is_unspecified();
+    t == l || (l.is_unspecified() && local(t)) || (t.is_unspecified() && local(l))
 }
 
 /// serde_json appends " at line 1 column 12"; the API reports fields, not positions.
@@ -1145,6 +1432,94 @@ mod tests {
         }
         assert!(forbidden_address("169.254.0.1".parse().unwrap()).is_some());
         assert!(forbidden_address("8.8.8.8".parse().unwrap()).is_none());
+    }
+
+    /// The probes: every IPv6 form that carries a link-local IPv4 address.
+    #[test]
+    fn link_local_ipv4_is_refused_in_every_ipv6_embedding() {
+        for addr in [
+            "64:ff9b::a9fe:a9fe",        // NAT64, the probe
+            "64:ff9b::169.254.170.2",    // NAT64, the ECS task metadata
+            "64:ff9b:1:a9fe:a9:fe00::",  // NAT64 local-use, /48 position
+            "64:ff9b:1:a9:fe:a9fe::",    // NAT64 local-use, /56 position
+            "64:ff9b:1::a9:fea9:fe00:0", // NAT64 local-use, /64 position
+            "64:ff9b:1::a9fe:a9fe",      // NAT64 local-use, /96 position
+            "2002:a9fe:a9fe::1",         // 6to4, the probe
+            "::169.254.169.254",         // IPv4-compatible, the probe
+            "::ffff:0:169.254.169.254",  // IPv4-translated
+            "::ffff:169.254.169.254",    // IPv4-mapped
+            "2001:0:a9fe:a9fe::1",       // Teredo server
+            "2001:0:4136:e378:8000:63bf:5601:5601", // Teredo client (inverted)
+        ] {
+            let ip: IpAddr = addr.parse().unwrap();
+            assert!(forbidden_address(ip).is_some(), "{addr} was allowed");
+            let err = parse_target_url(&format!("http://[{addr}]:80/")).unwrap_err();
+            assert_eq!(err.field, "target_url", "{addr}");
+        }
+        // The embeddings of ordinary addresses are not refused for being embeddings.
+        for addr in [
+            "64:ff9b::808:808",
+            "2002:c000:204::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "::ffff:10.0.0.1",
+            "64:ff9b:1::a00:1",
+        ] {
+            let ip: IpAddr = addr.parse().unwrap();
+            assert_eq!(forbidden_address(ip), None, "{addr}");
+        }
+    }
+
+    #[test]
+    fn a_target_reaches_a_listener_on_its_address_and_port() {
+        let at = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        for (target, listener) in [
+            ("127.0.0.1:8000", "127.0.0.1:8000"),
+            ("[::ffff:127.0.0.1]:8000", "127.0.0.1:8000"),
+            ("0.0.0.0:8000", "127.0.0.1:8000"),
+            ("127.0.0.1:8000", "0.0.0.0:8000"),
+            ("[::1]:8000", "[::]:8000"),
+            ("10.0.0.5:9092", "10.0.0.5:9092"),
+        ] {
+            assert!(reaches(at(target), at(listener)), "{target} -> {listener}");
+        }
+        for (target, listener) in [
+            ("127.0.0.1:8001", "127.0.0.1:8000"),
+            ("[::1]:8000", "127.0.0.1:8000"),
+            ("10.0.0.6:9092", "10.0.0.5:9092"),
+            ("10.0.0.5:9092", "0.0.0.0:9092"),
+        ] {
+            assert!(!reaches(at(target), at(listener)), "{target} -> {listener}");
+        }
+    }
+
+    #[test]
+    fn the_aws_internal_range_is_refused_whole() {
+        for addr in ["fd00:ec2::23", "fd00:ec2::254", "fd00:ec2:ffff::1"] {
+            let err = parse_target_url(&format!("http://[{addr}]/")).unwrap_err();
+            assert!(err.message.contains("fd00:ec2::/32"), "{addr}: {}", err.message);
+        }
+        assert_eq!(forbidden_address("fd00:ec3::23".parse().unwrap()), None);
+        assert_eq!(forbidden_address("fd00::1".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn loopback_and_private_targets_stay_allowed() {
+        for addr in [
+            "127.0.0.1",
+            "127.1.2.3",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "0.0.0.0",
+            "::1",
+            "::",
+            "fc00::1",
+            "::ffff:127.0.0.1",
+            "2001:db8::1",
+        ] {
+            let ip: IpAddr = addr.parse().unwrap();
+            assert_eq!(forbidden_address(ip), None, "{addr}");
+        }
     }
 
     #[test]

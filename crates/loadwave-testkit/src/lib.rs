@@ -4,7 +4,10 @@
 //!   builds every binary of the workspace before the tests run);
 //! - [`Proc`] is a child process killed (and reaped) when dropped;
 //! - [`TargetServer`] is a `loadwave-target` on a free port with its `/metrics` at hand;
-//! - [`http_get`] is a dependency-free GET for the tests' own checks;
+//! - [`http_get`] is a dependency-free GET for the tests' own checks ([`api_get`] with an
+//!   orchestrator's token);
+//! - [`orchestrator_token`] reads the API token a local orchestrator wrote to its data
+//!   directory, [`bearer`] makes the `Authorization` value of it;
 //! - [`messages`] builds driver messages for tests that feed a controller by hand.
 
 pub mod messages;
@@ -152,10 +155,44 @@ impl TargetServer {
     }
 }
 
+/// The API token of a local orchestrator: the `token` file it writes to `data_dir` at
+/// start (before it listens), waited for up to `limit`.
+pub fn orchestrator_token(data_dir: &Path, limit: std::time::Duration) -> String {
+    let path = data_dir.join("token");
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&path)
+            && !text.trim().is_empty()
+        {
+            return text.trim().to_string();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{} did not appear within {limit:?}",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// `Bearer TOKEN`: the `Authorization` value of an orchestrator's token.
+pub fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
 /// `GET path` over HTTP/1.0 to `addr` (`host:port`): status and body.
 pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    get_with(addr, path, "")
+}
+
+/// [`http_get`] to an orchestrator's API, with its `token`.
+pub fn api_get(addr: &str, path: &str, token: &str) -> std::io::Result<(u16, String)> {
+    get_with(addr, path, &format!("Authorization: {}\r\n", bearer(token)))
+}
+
+fn get_with(addr: &str, path: &str, extra: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(addr)?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{extra}\r\n")?;
     let mut text = String::new();
     s.read_to_string(&mut text)?;
     let status = text

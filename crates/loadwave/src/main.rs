@@ -64,6 +64,12 @@ pub mod exit {
 }
 
 fn main() -> ExitCode {
+    // Reports it saves name the test's target: this user's only.
+    #[cfg(unix)]
+    // SAFETY: umask only sets the process's file creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

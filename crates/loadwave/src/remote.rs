@@ -1,5 +1,14 @@
 //! The commands that talk to an orchestrator: `start`, `status`, `list`, `stop`,
 //! `report`.
+//!
+//! A local orchestrator wants its API token (`Authorization: Bearer`). It comes from
+//! `--token-file`, else `LOADWAVE_TOKEN`, else the `token` file the orchestrator wrote
+//! in its data directory (`--data-dir`, else `loadwave-data` or `.local/orchestrator`
+//! under the current directory); a token found in a data directory is only sent to a
+//! loopback address. With `--aws-sigv4` (API Gateway) no token is sent.
+//!
+//! Whatever the server says is printed with its control characters removed
+//! ([`crate::render::clean`]), so no escape sequence reaches the terminal.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -12,7 +21,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::exit;
-use crate::render::{print_view, progress_line, thousands};
+use crate::render::{clean, print_view, progress_line, thousands};
 use crate::run::exit_code;
 use crate::sigv4::Signer;
 use crate::spec_args::SpecArgs;
@@ -33,6 +42,80 @@ pub struct Remote {
     /// `AWS_REGION`.
     #[arg(long, global = true)]
     aws_sigv4: bool,
+    /// Read the orchestrator's API token from this file (else `LOADWAVE_TOKEN`, else the
+    /// `token` file of the local orchestrator's data directory).
+    #[arg(long, global = true, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// The local orchestrator's data directory, whose `token` file holds its API token
+    /// (default: `loadwave-data`, then `.local/orchestrator`, as `make local` uses).
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+/// Where a local orchestrator's token is looked for when no data directory is named:
+/// the orchestrator's default `--data-dir`, and the one of `make local`.
+const DEFAULT_DATA_DIRS: [&str; 2] = ["loadwave-data", ".local/orchestrator"];
+
+/// Whether `base` (the orchestrator's URL) names a loopback host.
+fn is_loopback_url(base: &str) -> bool {
+    let rest = base.split_once("://").map_or(base, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = host.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        host.split(':').next().unwrap_or("")
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn read_token(path: &std::path::Path) -> Result<String, Failure> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Failure(format!(
+            "cannot read the token file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        return Err(Failure(format!(
+            "the token file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(token)
+}
+
+/// The API token to send to `base`, if any: see the module docs.
+fn find_token(remote: &Remote, base: &str) -> Result<Option<String>, Failure> {
+    if remote.aws_sigv4 {
+        return Ok(None);
+    }
+    if let Some(path) = &remote.token_file {
+        return read_token(path).map(Some);
+    }
+    if let Ok(token) = std::env::var("LOADWAVE_TOKEN")
+        && !token.trim().is_empty()
+    {
+        return Ok(Some(token.trim().to_string()));
+    }
+    // A local orchestrator's token goes to a local orchestrator only.
+    if !is_loopback_url(base) {
+        return Ok(None);
+    }
+    if let Some(dir) = &remote.data_dir {
+        return read_token(&dir.join("token")).map(Some);
+    }
+    for dir in DEFAULT_DATA_DIRS {
+        let path = std::path::Path::new(dir).join("token");
+        if path.is_file() {
+            return read_token(&path).map(Some);
+        }
+    }
+    Ok(None)
 }
 
 /// Flags of `loadwave start`.
@@ -97,6 +180,7 @@ struct Client {
     rt: tokio::runtime::Runtime,
     base: String,
     signer: Option<Signer>,
+    token: Option<String>,
 }
 
 impl Client {
@@ -115,11 +199,13 @@ impl Client {
         } else {
             None
         };
+        let token = find_token(remote, &base)?;
         Ok(Client {
             http,
             rt,
             base,
             signer,
+            token,
         })
     }
 
@@ -157,6 +243,9 @@ impl Client {
         for (name, value) in &signed {
             request = request.header(name.as_str(), value.as_str());
         }
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
         let request = request.body(body);
         let (status, text) = self.rt.block_on(async {
             let response = request.send().await.map_err(|e| {
@@ -184,8 +273,13 @@ impl Client {
                     })
                 })
                 .unwrap_or(text);
+            let hint = if status == 401 && self.token.is_none() {
+                " (no token was sent: set LOADWAVE_TOKEN, or give --token-file or the orchestrator's --data-dir)"
+            } else {
+                ""
+            };
             return Err(Failure(format!(
-                "the orchestrator answered {status}: {message}"
+                "the orchestrator answered {status}: {message}{hint}"
             )));
         }
         Ok((status, text))
@@ -204,7 +298,7 @@ impl Client {
 }
 
 fn fail(f: Failure) -> u8 {
-    eprintln!("error: {}", f.0);
+    eprintln!("error: {}", clean(&f.0));
     exit::ERROR
 }
 
@@ -233,10 +327,11 @@ pub fn start(remote: &Remote, args: StartArgs) -> u8 {
                 serde_json::to_string_pretty(&created).expect("views serialize")
             );
         } else {
-            println!("{}", created.id);
+            println!("{}", clean(&created.id));
             eprintln!(
                 "follow it: loadwave status {} --orchestrator {}",
-                created.id, client.base
+                clean(&created.id),
+                client.base
             );
         }
         return exit::PASS;
@@ -248,7 +343,7 @@ pub fn start(remote: &Remote, args: StartArgs) -> u8 {
             if !args.json {
                 println!(
                     "  report        {}",
-                    client.url(&format!("/tests/{}/report", view.id))
+                    clean(&client.url(&format!("/tests/{}/report", view.id)))
                 );
             }
             exit_code(&view)
@@ -277,7 +372,8 @@ fn follow(client: &Client, id: &str, show_progress: bool) -> Result<TestView, Fa
                 failures = 0;
                 if show_progress {
                     let mut err = std::io::stderr().lock();
-                    let _ = write!(err, "\r\x1b[2K{}", progress_line(&view, unix_ms_now()));
+                    let line = clean(&progress_line(&view, unix_ms_now())).into_owned();
+                    let _ = write!(err, "\r\x1b[2K{line}");
                     if view.status.is_finished() {
                         let _ = writeln!(err);
                     }
@@ -348,6 +444,7 @@ pub fn list(remote: &Remote, args: ListArgs) -> u8 {
     for t in &tests {
         let s = |k: &str| t.get(k).and_then(Value::as_str).unwrap_or("").to_string();
         let f = |k: &str| t.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+        let s = |k: &str| clean(&s(k)).into_owned();
         println!(
             "{:<34} {:<10} {:<10} {:>12} {:>10.0} {:>10.2} {:<7} {}",
             s("id"),
@@ -401,8 +498,35 @@ pub fn report(remote: &Remote, args: ReportArgs) -> u8 {
             Err(e) => fail(Failure(format!("cannot write {}: {e}", path.display()))),
         },
         None => {
-            print!("{html}");
+            // To a terminal, perhaps: no escape sequences. A file (-o) gets the page as is.
+            print!("{}", clean(&html));
             exit::PASS
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_urls() {
+        for url in [
+            "http://127.0.0.1:8000",
+            "http://localhost:8000/",
+            "http://[::1]:8000",
+            "http://127.0.0.2",
+            "http://user@127.0.0.1:1",
+        ] {
+            assert!(is_loopback_url(url), "{url}");
+        }
+        for url in [
+            "http://10.0.0.1:8000",
+            "https://abc.execute-api.eu-west-1.amazonaws.com/prod",
+            "http://localhost.evil.example",
+            "http://127.0.0.1.evil.example",
+        ] {
+            assert!(!is_loopback_url(url), "{url}");
         }
     }
 }

@@ -6,6 +6,17 @@ use loadwave_core::{DriverPhase, TestStatus, TestView};
 use loadwave_proto::threshold::{Metric, Threshold};
 use loadwave_proto::{TestType, describe_load};
 
+/// `text` without control characters (C0 but newline and tab, DEL, C1): strings from a
+/// server or a spec are printed through this, so no escape sequence reaches the terminal.
+pub fn clean(text: &str) -> std::borrow::Cow<'_, str> {
+    let unwanted = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if text.contains(unwanted) {
+        std::borrow::Cow::Owned(text.chars().filter(|c| !unwanted(*c)).collect())
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
 /// `12345` → `12,345`.
 pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
@@ -93,7 +104,7 @@ pub fn print_view(view: &TestView, json: bool) {
             serde_json::to_string_pretty(view).expect("views serialize")
         );
     } else {
-        print!("{}", summary_table(view));
+        print!("{}", clean(&summary_table(view)));
     }
 }
 
@@ -304,5 +315,17 @@ mod tests {
         assert_eq!(ms(12.34), "12.3ms");
         assert_eq!(ms(1500.0), "1.50s");
         assert_eq!(format_actual("error_rate < 1%", 0.005), "0.500%");
+    }
+
+    #[test]
+    fn control_characters_are_stripped() {
+        assert_eq!(
+            clean("a\x1b[31mred\x07\r\u{7f}\u{9b}2J\u{85}b\n\tc é"),
+            "a[31mred2Jb\n\tc é"
+        );
+        assert!(matches!(
+            clean("plain\ntext"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 }

@@ -939,3 +939,142 @@ fn start_wait_is_bounded_when_the_orchestrator_stops_answering() {
     assert!(took < Duration::from_secs(10), "took {took:?}: {stderr}");
     assert_eq!(out.status.code(), Some(2), "{stderr}");
 }
+
+/// A stand-in orchestrator on 127.0.0.1: answers each request with `answer(head)` (status
+/// and JSON body) and keeps every request head it read.
+#[cfg(unix)]
+fn fake_orchestrator(
+    answer: impl Fn(&str) -> (u16, String) + Send + 'static,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 8192];
+            let n = stream.read(&mut buf).unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).to_string();
+            let (status, body) = answer(&head);
+            seen.lock().unwrap().push(head);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (format!("http://{addr}"), heads)
+}
+
+#[cfg(unix)]
+#[test]
+fn the_cli_strips_control_characters_from_what_servers_say() {
+    // A real test's JSON (nothing listens on port 9: every request errors, quickly).
+    let (_, mut view, _) = run_json(&[
+        "--target-url",
+        "http://127.0.0.1:9/",
+        "--test-type",
+        "avalanche",
+        "-n",
+        "5",
+    ]);
+    view["spec"]["name"] = "evil\u{1b}]0;pwned\u{7}\u{1b}[2J name".into();
+    view["error"] = "boom\u{9b}31m\u{7f}\r".into();
+    let view = view.to_string();
+    let list =
+        serde_json::json!([{"id": "t\u{1b}[1m1", "status": "completed", "name": "n\u{1b}[5m"}])
+            .to_string();
+    let (url, _) = fake_orchestrator(move |head| {
+        if head.starts_with("GET /tests/t1 ") {
+            (200, view.clone())
+        } else if head.starts_with("GET /tests ") {
+            (200, list.clone())
+        } else {
+            (
+                404,
+                r#"{"error":{"status":404,"message":"no \u001b[31mtest\u0007"}}"#.to_string(),
+            )
+        }
+    });
+    for args in [
+        vec!["status", "t1"],
+        vec!["list"],
+        vec!["status", "nope"],
+        vec!["stop", "nope"],
+    ] {
+        let out = loadwave()
+            .args(["--orchestrator", &url])
+            .args(&args)
+            .env("LOADWAVE_TOKEN", "0123456789abcdef0123")
+            .output()
+            .unwrap();
+        let printed = [out.stdout.as_slice(), out.stderr.as_slice()].concat();
+        let text = String::from_utf8_lossy(&printed);
+        assert!(
+            !text
+                .chars()
+                .any(|c| c.is_control() && c != '\n' && c != '\t'),
+            "{args:?} printed control characters: {text:?}"
+        );
+        assert!(
+            text.contains("evil") || text.contains("n[5m") || text.contains("no [31mtest"),
+            "{args:?}: {text}"
+        );
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn the_cli_finds_and_sends_the_token() {
+    let (url, heads) = fake_orchestrator(|_| (200, "[]".to_string()));
+    let dir = std::env::temp_dir().join(format!("lw-cli-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("token"), "from-the-data-dir-0123\n").unwrap();
+    let file = dir.join("other");
+    std::fs::write(&file, "from-the-token-file-0123\n").unwrap();
+    let authorization = |extra: &[&str], env: Option<&str>| {
+        let mut cmd = loadwave();
+        cmd.args(["--orchestrator", &url, "list"]).args(extra);
+        cmd.current_dir(&dir);
+        match env {
+            Some(t) => cmd.env("LOADWAVE_TOKEN", t),
+            None => cmd.env_remove("LOADWAVE_TOKEN"),
+        };
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let head = heads.lock().unwrap().pop().unwrap();
+        head.lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .starts_with("authorization:")
+                    .then(|| l["authorization:".len()..].trim().to_string())
+            })
+            .unwrap_or_default()
+    };
+    let data_dir = dir.to_str().unwrap();
+    assert_eq!(
+        authorization(&["--data-dir", data_dir], None),
+        "Bearer from-the-data-dir-0123"
+    );
+    assert_eq!(
+        authorization(&["--data-dir", data_dir], Some("from-the-env-0123")),
+        "Bearer from-the-env-0123"
+    );
+    assert_eq!(
+        authorization(
+            &["--token-file", file.to_str().unwrap()],
+            Some("from-the-env-0123")
+        ),
+        "Bearer from-the-token-file-0123"
+    );
+    // Nothing to find: no header at all (and no failure before the call).
+    assert_eq!(authorization(&[], None), "");
+    let _ = std::fs::remove_dir_all(&dir);
+}
