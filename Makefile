@@ -10,6 +10,7 @@
 #   make local-aws   the AWS shape without an account: the Lambda binaries under AWS's runtime
 #                    interface emulator, moto for S3 and ECS, a real Kafka for MSK
 #   make local-aws-down  stop it
+#   make api-check   schemathesis (--checks all) against the orchestrator's /openapi.json
 #   make infra-check terraform fmt/validate, checkov, tfsec and our own checks of infra/
 #   make build-lambda the Lambda zips (cargo lambda; LOADWAVE_LAMBDA_ARCH=arm64|x86_64)
 #   make deploy      preflight, Lambda zips, images to ECR, terraform apply; prints the API URL
@@ -26,7 +27,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: local local-down local-aws local-aws-down images compose-check infra-check build-lambda deploy destroy kafka-up kafka-down test lint bench bench-controller build build-release
+.PHONY: local local-down local-aws local-aws-down images compose-check api-check infra-check build-lambda deploy destroy kafka-up kafka-down test lint bench bench-controller build build-release
 
 build:
 	$(CARGO) build --workspace --bins --tests
@@ -57,6 +58,9 @@ local-aws:
 
 local-aws-down:
 	bash scripts/local-aws.sh down
+
+api-check:
+	bash scripts/api-check.sh
 
 infra-check:
 	bash scripts/infra-check.sh

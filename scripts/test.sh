@@ -5,7 +5,8 @@
 # a plaintext and a TLS listener (a throwaway CA) and moto for S3 and ECS, run every unit
 # and integration test against them, stop everything; then `make infra-check` (Terraform
 # checks) and `make compose-check` (the images built from their Dockerfiles and the compose
-# stack run under Podman).
+# stack run under Podman), with `make api-check` (schemathesis against the orchestrator's
+# OpenAPI document) before them.
 #
 # Environment: TEST_KAFKA_PORT (19092; its TLS listener on +2), TEST_MOTO_PORT (15055).
 set -euo pipefail
@@ -30,6 +31,7 @@ cargo build --workspace --bins --tests --locked
 ensure_pyenv
 ensure_rie
 ensure_nginx
+ensure_schemathesis
 export LW_PY LW_RIE LOADWAVE_TEST_NGINX
 
 export KAFKA_PORT=${TEST_KAFKA_PORT:-19092}
@@ -58,6 +60,10 @@ set +e
 cargo test --workspace --locked -- --test-threads 2 2>&1 | tee "$out"
 status=${PIPESTATUS[0]}
 set -e
+log "fuzzing the API against its OpenAPI document (make api-check)"
+api_status=0
+API_CHECK_SEED=${API_CHECK_SEED:-20261205} API_CHECK_EXAMPLES=${API_CHECK_EXAMPLES:-100} \
+  bash "$ROOT/scripts/api-check.sh" || api_status=$?
 log "checking infra/ (make infra-check)"
 infra_status=0
 bash "$ROOT/scripts/infra-check.sh" || infra_status=$?
@@ -68,6 +74,10 @@ bash "$ROOT/scripts/compose-check.sh" || compose_status=$?
 # crate's empty doc-test run).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$out"
+if [[ $status == 0 && $api_status != 0 ]]; then
+  echo "make api-check failed (above)" >&2
+  status=$api_status
+fi
 if [[ $status == 0 && $infra_status != 0 ]]; then
   echo "make infra-check failed (above)" >&2
   status=$infra_status

@@ -45,8 +45,10 @@ ENV_SOURCES = [
     "functions/controller/src/main.rs",
     "functions/api/src/main.rs",
 ]
-# What drivers and the CLI read for themselves; never set on the functions.
-NOT_FUNCTION_ENV = {"LOADWAVE_TEST_ID", "LOADWAVE_DRIVER_ID", "LOADWAVE_ORCHESTRATOR"}
+# What drivers and the CLI read for themselves; never set on the functions. LOADWAVE_TOKEN
+# is the local API's token (the launcher keeps it from the drivers it starts); in AWS, IAM
+# authenticates.
+NOT_FUNCTION_ENV = {"LOADWAVE_TEST_ID", "LOADWAVE_DRIVER_ID", "LOADWAVE_ORCHESTRATOR", "LOADWAVE_TOKEN"}
 # The limits the API enforces on every test, set by infra/ from variables; the code may
 # read them from any crate (checked when it does).
 LIMITS = {

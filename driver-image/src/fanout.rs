@@ -20,7 +20,12 @@ use loadwave_bus::{Bus, BusError, Delivery, Subscription};
 use loadwave_proto::{Message, Topic};
 use tokio::sync::mpsc;
 
-type Agents = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Delivery>>>>;
+type Agents = Arc<Mutex<HashMap<String, mpsc::Sender<Delivery>>>>;
+
+/// Deliveries waiting for one agent. Configurations and triggers are re-sent every second
+/// until drivers act on them, so one dropped while an agent's queue is full costs a second,
+/// never a test; a bound keeps a flood on the shared topics from costing memory.
+const AGENT_QUEUE: usize = 256;
 
 /// A bus whose `test_config` + `trigger` subscriptions share one underneath.
 pub struct FanoutBus {
@@ -61,7 +66,7 @@ impl Bus for FanoutBus {
         if topics.len() != SHARED.len() || !SHARED.iter().all(|t| topics.contains(t)) {
             return self.inner.subscribe(topics, name).await;
         }
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(AGENT_QUEUE);
         self.agents
             .lock()
             .expect("agents lock poisoned")
@@ -72,7 +77,7 @@ impl Bus for FanoutBus {
             tokio::spawn(route(shared, self.agents.clone()));
             *started = true;
         }
-        Ok(Subscription::new(rx))
+        Ok(Subscription::bounded(rx))
     }
 }
 
@@ -103,12 +108,12 @@ async fn route(mut shared: Subscription, agents: Agents) {
             match &to {
                 Some(id) => {
                     if let Some(tx) = agents.get(id) {
-                        let _ = tx.send(copy());
+                        let _ = tx.try_send(copy());
                     }
                 }
                 None => {
                     for tx in agents.values() {
-                        let _ = tx.send(copy());
+                        let _ = tx.try_send(copy());
                     }
                 }
             }

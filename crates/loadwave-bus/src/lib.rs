@@ -10,11 +10,12 @@
 //! is idempotent, so a re-delivery changes nothing). A payload that does not decode is
 //! logged, counted and skipped by [`Subscription::next_message`], never fatal.
 //!
-//! Every subscription is a bounded channel ([`SUBSCRIPTION_CAPACITY`] deliveries): a
-//! consumer that falls behind holds its transport back (Kafka's pump stops polling, a
-//! [`MemoryBus`] publisher waits) instead of growing memory. A publish error says whether
-//! retrying can cure it ([`BusError::is_retriable`]): a message over the transport's size
-//! limit never goes out, however often it is sent again.
+//! Every subscription is a bounded channel ([`SUBSCRIPTION_CAPACITY`] deliveries over a
+//! broker, [`MEMORY_SUBSCRIPTION_CAPACITY`] in memory): a consumer that falls behind
+//! holds its transport back (Kafka's pump stops polling, a [`MemoryBus`] publisher
+//! waits) instead of growing memory. A publish error says whether retrying can cure it
+//! ([`BusError::is_retriable`]): a message over the transport's size limit never goes
+//! out, however often it is sent again.
 //!
 //! [`health`] keeps a process's view of whether its bus can be reached (and says so in
 //! the log once, not per failure); [`stop`] ends a process in bounded time on SIGTERM or
@@ -38,6 +39,14 @@ use tokio::sync::mpsc;
 /// seconds of a thousand drivers' heartbeats and reports, so a busy consumer keeps its
 /// throughput, and a bound on what a flood of messages can cost.
 pub const SUBSCRIPTION_CAPACITY: usize = 2_048;
+
+/// Deliveries a [`MemoryBus`] subscription holds before a publisher waits. Higher than
+/// [`SUBSCRIPTION_CAPACITY`] because there is no broker in between: `loadwave run`'s
+/// coordinator and its agents each publish from the loop that reads their subscription,
+/// so two full channels could wait on each other. Measured with `loadwave run --drivers
+/// 1000 -n 1` (debug build, 2 cores): at 2,048 the run hung past 5 minutes; at this
+/// bound it ends as it did unbounded (its drivers not ready within 10 s, in 18 s).
+pub const MEMORY_SUBSCRIPTION_CAPACITY: usize = 65_536;
 
 /// A transport failure.
 #[derive(Debug, thiserror::Error)]
@@ -121,17 +130,11 @@ impl Delivery {
     }
 }
 
-/// Where a subscription's deliveries come from.
-enum Feed {
-    /// A transport's bounded channel.
-    Bounded(mpsc::Receiver<Delivery>),
-    /// An in-process relay whose own source is bounded.
-    Unbounded(mpsc::UnboundedReceiver<Delivery>),
-}
-
-/// A stream of deliveries from the subscribed topics.
+/// A stream of deliveries from the subscribed topics, always through a bounded channel:
+/// a full one holds its feeder back (a transport stops polling), so a flood costs no
+/// memory.
 pub struct Subscription {
-    rx: Feed,
+    rx: mpsc::Receiver<Delivery>,
     malformed: Arc<AtomicU64>,
 }
 
@@ -151,27 +154,14 @@ impl Subscription {
     /// A subscription fed by the bounded channel `rx`.
     pub fn bounded(rx: mpsc::Receiver<Delivery>) -> Self {
         Subscription {
-            rx: Feed::Bounded(rx),
-            malformed: Arc::new(AtomicU64::new(0)),
-        }
-    }
-
-    /// A subscription fed by the unbounded channel `rx`: only for in-process relays of a
-    /// bounded subscription (what is read from a network must come through
-    /// [`Subscription::channel`]).
-    pub fn new(rx: mpsc::UnboundedReceiver<Delivery>) -> Self {
-        Subscription {
-            rx: Feed::Unbounded(rx),
+            rx,
             malformed: Arc::new(AtomicU64::new(0)),
         }
     }
 
     /// The next raw delivery; `None` once the bus is closed.
     pub async fn next(&mut self) -> Option<Delivery> {
-        match &mut self.rx {
-            Feed::Bounded(rx) => rx.recv().await,
-            Feed::Unbounded(rx) => rx.recv().await,
-        }
+        self.rx.recv().await
     }
 
     /// The next message that decodes. Malformed payloads are logged, counted, acked (so
@@ -231,8 +221,8 @@ struct Subscriber {
 ///
 /// It behaves as Kafka does where that matters: a message over [`MAX_MESSAGE_BYTES`]
 /// (librdkafka's default limit) is refused with an error that is not retriable, and a
-/// subscription holds [`SUBSCRIPTION_CAPACITY`] deliveries, beyond which a publisher
-/// waits for the subscriber to read (there is no broker to hold them).
+/// subscription holds [`MEMORY_SUBSCRIPTION_CAPACITY`] deliveries, beyond which a
+/// publisher waits for the subscriber to read (there is no broker to hold them).
 #[derive(Clone)]
 pub struct MemoryBus {
     subscribers: Arc<Mutex<Vec<Subscriber>>>,
@@ -247,7 +237,7 @@ impl Default for MemoryBus {
             subscribers: Arc::default(),
             published: Arc::default(),
             max_message_bytes: MAX_MESSAGE_BYTES,
-            capacity: SUBSCRIPTION_CAPACITY,
+            capacity: MEMORY_SUBSCRIPTION_CAPACITY,
         }
     }
 }

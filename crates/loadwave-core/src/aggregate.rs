@@ -62,7 +62,11 @@ impl Hist {
         // bucket this precision gives them, as the bucket array would.
         let mut merged: Vec<(u64, u64)> = Vec::with_capacity(values.len() + counts.values().len());
         let mut mine = values.iter().copied().peekable();
-        for (v, n) in counts.values().iter().map(|&(v, n)| (bucket_bounds(v).0, n)) {
+        for (v, n) in counts
+            .values()
+            .iter()
+            .map(|&(v, n)| (bucket_bounds(v).0, n))
+        {
             while let Some(&(m, c)) = mine.peek() {
                 if m >= v {
                     break;
@@ -212,7 +216,9 @@ impl Aggregate {
             *c = c.saturating_add(*n);
         }
         if !histogram.is_empty() {
-            self.sum_us = self.sum_us.saturating_add(u128::from(bucket.latency_sum_us));
+            self.sum_us = self
+                .sum_us
+                .saturating_add(u128::from(bucket.latency_sum_us));
             self.min_us = Some(
                 self.min_us
                     .map_or(bucket.latency_min_us, |m| m.min(bucket.latency_min_us)),
@@ -231,7 +237,10 @@ impl Aggregate {
     ) -> Result<(), HistogramError> {
         self.add(bucket, histogram)?;
         if let Some(r) = bucket.request {
-            self.by_request.entry(r).or_default().add(bucket, histogram)?;
+            self.by_request
+                .entry(r)
+                .or_default()
+                .add(bucket, histogram)?;
         }
         Ok(())
     }

@@ -208,6 +208,11 @@ impl LogLimiter {
 /// to make up, and each would otherwise stay for [`DRIVER_FORGET_MS`].
 pub const MAX_REGISTERED_DRIVERS: usize = 10_000;
 
+/// How far ahead of the controller's own clock a heartbeat or tick may say it was sent:
+/// room for clocks that disagree, not for a message that would move every test's bus
+/// clock (and so the seconds its reports may be about) into the future.
+pub const MAX_CLOCK_AHEAD_MS: u64 = 60_000;
+
 /// `GET /tests` answers this many tests when no limit is given.
 pub const LIST_DEFAULT_LIMIT: usize = 100;
 /// `GET /tests` answers at most this many tests a page.
@@ -463,7 +468,29 @@ impl ControllerCore {
     }
 
     /// Folds one message into the registry and the tests it concerns.
+    ///
+    /// A heartbeat or tick sent more than [`MAX_CLOCK_AHEAD_MS`] after `now_ms` is
+    /// rejected (counted): the bus clock bounds the seconds a report may be about, so no
+    /// message may move it far into the future.
     pub fn ingest(&mut self, message: &Message, now_ms: u64) {
+        let sent_at = match message {
+            Message::Heartbeat(h) => Some(h.sent_at_ms),
+            Message::Tick(t) => Some(t.sent_at_ms),
+            _ => None,
+        };
+        if let Some(sent_at) = sent_at.filter(|t| *t > now_ms.saturating_add(MAX_CLOCK_AHEAD_MS)) {
+            self.stats.rejected = self.stats.rejected.saturating_add(1);
+            if let Some(held) = self.log.allow(now_ms) {
+                tracing::warn!(
+                    topic = message.topic().name(),
+                    sent_at_ms = sent_at,
+                    now_ms,
+                    held_back = held,
+                    "message sent too far in the future rejected"
+                );
+            }
+            return;
+        }
         match message {
             Message::Register(r) => {
                 if let Some(entry) = self.registry_entry(&r.driver_id, Activity::Idle, now_ms) {
@@ -478,6 +505,9 @@ impl ControllerCore {
                             let applied = t.apply(message);
                             self.mark(test_id, applied, now_ms);
                         }
+                        // A test that ended and was written: nothing to confirm any more
+                        // (its stop is resent while the driver says it holds it).
+                        None if self.summaries.contains_key(test_id) => {}
                         None => self.unknown(test_id, now_ms),
                     },
                     None => {
@@ -576,7 +606,12 @@ impl ControllerCore {
     fn unknown(&mut self, test_id: &str, now_ms: u64) {
         self.stats.unknown_test = self.stats.unknown_test.saturating_add(1);
         if let Some(held) = self.log.allow(now_ms) {
-            tracing::warn!(test_id, unknown_in_all = self.stats.unknown_test, held_back = held, "message for an unknown test skipped");
+            tracing::warn!(
+                test_id,
+                unknown_in_all = self.stats.unknown_test,
+                held_back = held,
+                "message for an unknown test skipped"
+            );
         }
     }
 
@@ -780,6 +815,9 @@ impl ControllerCore {
         self.dirty
             .iter()
             .filter_map(|(id, dirt)| self.tests.get(id).map(|t| (t, dirt.last)))
+            // A finished test is written whole: the shell reads its stored chunks back
+            // first (see `incomplete_finished`).
+            .filter(|(t, _)| !t.is_finished() || t.is_complete())
             .filter(|(t, _)| {
                 let (status, at) = self
                     .persisted
@@ -833,6 +871,16 @@ impl ControllerCore {
         }
     }
 
+    /// Finished tests whose sealed timeline is partly in the store only: the shell reads
+    /// their chunks back ([`ControllerCore::restore_chunk`]) so they can be written whole.
+    pub fn incomplete_finished(&self) -> Vec<String> {
+        self.tests
+            .values()
+            .filter(|t| t.is_finished() && !t.is_complete())
+            .map(|t| t.id().to_string())
+            .collect()
+    }
+
     /// Whether every change is in a written snapshot.
     pub fn is_clean(&self) -> bool {
         self.dirty.is_empty()
@@ -859,7 +907,12 @@ impl ControllerCore {
         let limit = query.limit();
         let below = |id: &str| query.cursor.as_deref().is_none_or(|c| id < c);
         // Both maps are ordered by id: walk them newest first, merged, up to the limit.
-        let mut live = self.tests.iter().rev().filter(|(id, _)| below(id)).peekable();
+        let mut live = self
+            .tests
+            .iter()
+            .rev()
+            .filter(|(id, _)| below(id))
+            .peekable();
         let mut done = self
             .summaries
             .iter()

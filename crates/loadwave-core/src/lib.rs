@@ -32,7 +32,9 @@ pub use controller::{
 };
 pub use limits::{Limits, OverLimit};
 pub use seqs::SeqSet;
-pub use snapshot::{CHUNK_SECONDS, ChunkWrite, SEAL_LAG_SECONDS, Snapshot, SnapshotError};
+pub use snapshot::{
+    CHUNK_SECONDS, ChunkReader, ChunkWrite, SEAL_LAG_SECONDS, Snapshot, SnapshotError,
+};
 pub use state::{Abort, Applied, DriverPhase, DriverSlot, TestOptions, TestState, TestStatus};
 pub use view::{
     AbortView, Check, DriverView, RequestSummary, SendLagMs, Summary, TestView, TimelinePoint,

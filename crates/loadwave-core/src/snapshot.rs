@@ -142,6 +142,36 @@ impl ChunkBook {
     }
 }
 
+/// Reads a test's chunk objects into seconds, checking that each holds what its name
+/// says: from [`TestState::chunk_reader`], for a view that must not hold the controller's
+/// lock while it parses.
+#[derive(Debug, Clone)]
+pub struct ChunkReader {
+    test_id: String,
+    size: u32,
+}
+
+impl ChunkReader {
+    /// The seconds of chunk `index`, from its object's body.
+    pub fn read(&self, index: u32, body: &[u8]) -> Result<BTreeMap<u32, Aggregate>, SnapshotError> {
+        let id = &self.test_id;
+        let chunk: ChunkDoc<Aggregate> = serde_json::from_slice(body)
+            .map_err(|e| SnapshotError::Corrupt(format!("test {id} chunk {index}: {e}")))?;
+        let first = index.saturating_mul(self.size);
+        let range = first..first.saturating_add(self.size);
+        if chunk.test_id != *id
+            || chunk.chunk != index
+            || chunk.seconds.keys().any(|s| !range.contains(s))
+        {
+            return Err(SnapshotError::Corrupt(format!(
+                "test {id} chunk {index}: the object holds test {} chunk {}",
+                chunk.test_id, chunk.chunk
+            )));
+        }
+        Ok(chunk.seconds)
+    }
+}
+
 /// A chunk object to write.
 #[derive(Debug, Clone)]
 pub struct ChunkWrite {
@@ -373,23 +403,20 @@ impl TestState {
 
     /// Puts the body of stored chunk `index` back into the timeline.
     pub fn restore_chunk(&mut self, index: u32, body: &[u8]) -> Result<(), SnapshotError> {
-        let chunk: ChunkDoc<Aggregate> = serde_json::from_slice(body)
-            .map_err(|e| SnapshotError::Corrupt(format!("test {} chunk {index}: {e}", self.id)))?;
-        let range = self.chunks.range(index);
-        if chunk.test_id != self.id
-            || chunk.chunk != index
-            || chunk.seconds.keys().any(|s| !range.contains(s))
-        {
-            return Err(SnapshotError::Corrupt(format!(
-                "test {} chunk {index}: the object holds test {} chunk {}",
-                self.id, chunk.test_id, chunk.chunk
-            )));
-        }
+        let seconds = self.chunk_reader().read(index, body)?;
         if !self.chunks.unloaded.remove(&index) {
             return Ok(());
         }
-        self.timeline.extend(chunk.seconds);
+        self.timeline.extend(seconds);
         Ok(())
+    }
+
+    /// What reads this test's chunk objects without the state at hand (outside a lock).
+    pub fn chunk_reader(&self) -> ChunkReader {
+        ChunkReader {
+            test_id: self.id.clone(),
+            size: self.chunks.size,
+        }
     }
 
     /// Drops from memory the seconds of sealed chunks that are stored as they are (no

@@ -9,6 +9,16 @@
 //! whose number was seen changes nothing. Counts add and histograms merge, so the order
 //! reports arrive in does not change the result.
 //!
+//! Every report is untrusted input, and the fold is bounded before it costs anything: a
+//! report is rejected whole ([`Applied::Rejected`], naming the field, counted in the
+//! view's `rejected_messages`) when a bucket's second lies beyond what the plan allows
+//! ([`TestState::max_second`]) or far behind its driver's newest second, when its
+//! sequence number is beyond what the plan allows ([`TestState::max_seq`]) or would leave
+//! more than [`MAX_SEQ_RUNS`] gaps, when a bucket counts more than
+//! [`MAX_BUCKET_REQUESTS`] requests (or errors, late requests or responses beyond them),
+//! or when a histogram does not decode. What is accepted adds up with saturating
+//! arithmetic.
+//!
 //! A state persists through [`TestState::snapshot`] (see [`crate::snapshot`]): its own
 //! serialization leaves the per-second timeline out, which the snapshot writes in
 //! bounded pieces.
@@ -16,8 +26,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use loadwave_proto::{
-    Activity, DriverHealth, DriverTotals, Message, MetricsReport, Pacing, Profile,
-    RecordedCounts, SendLag, TestConfig, TestSpec, Trigger, TriggerAction,
+    Activity, DriverHealth, DriverTotals, Message, MetricsReport, Pacing, Profile, RecordedCounts,
+    SendLag, TestConfig, TestSpec, Trigger, TriggerAction,
 };
 use serde::{Deserialize, Serialize};
 
@@ -323,9 +333,9 @@ fn planned_s(spec: &TestSpec) -> Option<f64> {
     let planned = match (&profile.pacing, profile.duration_s) {
         (_, Some(d)) => Some(d),
         (Pacing::Delay { delay_s }, None) => spec.requests_per_driver.map(|n| n as f64 * delay_s),
-        (Pacing::Arrival(curve), None) => spec
-            .requests_per_driver
-            .map(|n| n as f64 * f64::from(spec.drivers.max(1)) / curve.max().max(f64::MIN_POSITIVE)),
+        (Pacing::Arrival(curve), None) => spec.requests_per_driver.map(|n| {
+            n as f64 * f64::from(spec.drivers.max(1)) / curve.max().max(f64::MIN_POSITIVE)
+        }),
         _ => None,
     };
     planned.filter(|p| p.is_finite() && *p >= 0.0)
@@ -376,8 +386,10 @@ impl TestState {
     /// drivers at the time). Ignored once drivers are assigned or the test has ended.
     pub fn assign_drivers(&mut self, drivers: Vec<DriverSlot>, now_ms: u64) {
         if self.drivers.is_empty() && self.status == TestStatus::Pending {
+            // As many as the spec asks for, never more.
             self.drivers = drivers
                 .into_iter()
+                .take(self.spec.drivers.max(1) as usize)
                 .map(|d| DriverTrack::new(d, now_ms))
                 .collect();
         }
@@ -520,9 +532,10 @@ impl TestState {
     }
 
     /// The latest second a bucket may be about now: the plan's end plus the request
-    /// timeout, or (the end not known in advance) what the bus clock says has elapsed
-    /// since the start; either with [`SECOND_SLACK_S`], and never past the maximum
-    /// duration's end.
+    /// timeout, or what the bus clock says has elapsed since the start if that is later
+    /// (the only bound when the end is not known in advance); either with
+    /// [`SECOND_SLACK_S`], and never past the maximum duration's end (nor
+    /// [`MAX_TEST_SECONDS`]).
     pub fn max_second(&self) -> u32 {
         let timeout_s = self.spec.timeout_ms.div_ceil(1_000);
         let slack = u64::from(SECOND_SLACK_S);
@@ -534,8 +547,11 @@ impl TestState {
             .options
             .max_duration_ms
             .map(|ms| (ms / 1_000).saturating_add(timeout_s));
+        // The later of the two: a plan whose requests queued behind a slow target ends
+        // late, and the bus clock says how late it can be by now.
         let bound = match (planned, by_clock) {
-            (Some(p), _) => p,
+            (Some(p), Some(c)) => p.max(c),
+            (Some(p), None) => p,
             (None, Some(c)) => c,
             (None, None) => u64::from(MAX_TEST_SECONDS),
         };

@@ -332,6 +332,13 @@ fn code_counts(agg: &Aggregate) -> (BTreeMap<String, u64>, BTreeMap<String, u64>
 impl TestState {
     /// The state as users see it.
     pub fn view(&self) -> TestView {
+        self.view_with_sealed(None)
+    }
+
+    /// The state as users see it, with `sealed` (the seconds of every stored chunk that is
+    /// not in memory, read by [`crate::ChunkReader`]) in its timeline: a running test's
+    /// whole view without putting its sealed seconds back into memory.
+    pub fn view_with_sealed(&self, sealed: Option<&BTreeMap<u32, Aggregate>>) -> TestView {
         let profile = Profile::of(&self.spec);
         let summary = self.summary(&profile);
         let drivers = self.driver_views(&profile);
@@ -385,7 +392,7 @@ impl TestState {
             start_at_ms: self.start_at_ms,
             finished_at_ms: self.finished_at_ms,
             drivers,
-            timeline: self.timeline_points(&profile),
+            timeline: self.timeline_points(&profile, sealed),
             summary,
             verdict,
             warnings,
@@ -455,8 +462,25 @@ impl TestState {
     /// from 0 to the first), within what the fold accepts now ([`TestState::max_second`]),
     /// and at most [`MAX_GAP_SECONDS`] in all, so a stored second far out (from a build
     /// before the bounds) costs one point, not every second up to it.
-    fn timeline_points(&self, profile: &Profile) -> Vec<TimelinePoint> {
-        if self.timeline.is_empty() {
+    fn timeline_points(
+        &self,
+        profile: &Profile,
+        sealed: Option<&BTreeMap<u32, Aggregate>>,
+    ) -> Vec<TimelinePoint> {
+        // The seconds in memory, and those read from the store for this view (a second in
+        // both is the one in memory: newer).
+        let mut seconds: Vec<(u32, &Aggregate)> =
+            self.timeline.iter().map(|(s, a)| (*s, a)).collect();
+        if let Some(sealed) = sealed {
+            seconds.extend(
+                sealed
+                    .iter()
+                    .filter(|(s, _)| !self.timeline.contains_key(s))
+                    .map(|(s, a)| (*s, a)),
+            );
+            seconds.sort_unstable_by_key(|(s, _)| *s);
+        }
+        if seconds.is_empty() {
             return Vec::new();
         }
         let names = self.spec.mix_names();
@@ -493,15 +517,15 @@ impl TestState {
         };
         let fill_limit = self.max_second();
         let mut gaps_left = MAX_GAP_SECONDS;
-        let mut out = Vec::with_capacity(self.timeline.len());
+        let mut out = Vec::with_capacity(seconds.len());
         // A state read without its sealed chunks holds only the tail: no gaps are made up
         // for the seconds that are not in memory.
-        let mut next = if self.is_complete() {
+        let mut next = if self.is_complete() || sealed.is_some() {
             Some(0)
         } else {
-            self.timeline.keys().next().copied()
+            seconds.first().map(|(s, _)| *s)
         };
-        for (&second, agg) in &self.timeline {
+        for (second, agg) in seconds {
             if let Some(from) = next {
                 let to = second.min(fill_limit.saturating_add(1));
                 let n = to.saturating_sub(from).min(gaps_left);

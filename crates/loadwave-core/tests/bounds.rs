@@ -88,7 +88,10 @@ fn a_far_future_second_is_rejected_whole_and_counted() {
         let far = report(
             "d0",
             0,
-            vec![bucket(0, None, 200, &[1_000]), bucket(u32::MAX, None, 200, &[1_000])],
+            vec![
+                bucket(0, None, 200, &[1_000]),
+                bucket(u32::MAX, None, 200, &[1_000]),
+            ],
         );
         rejected(s.apply(&far), "second");
         // Nothing of it was folded; the sequence number is still free.
@@ -190,7 +193,11 @@ fn a_second_far_behind_the_newest_is_rejected() {
 fn sequence_numbers_are_bounded_by_the_plan() {
     let mut s = running(timed());
     rejected(
-        s.apply(&report("d0", u64::MAX / 2, vec![bucket(0, None, 200, &[1_000])])),
+        s.apply(&report(
+            "d0",
+            u64::MAX / 2,
+            vec![bucket(0, None, 200, &[1_000])],
+        )),
         "seq",
     );
     // Spaced numbers within the range cannot grow the set without bound either.

@@ -485,18 +485,15 @@ fn written_sealed_seconds_leave_memory() {
     let seconds = 400u64;
     for second in 0..seconds {
         let now = start_at + (second + 1) * 1_000;
-        core.ingest(
-            &heartbeat("a1", Some("a"), now, Activity::Running),
-            now,
-        );
+        core.ingest(&heartbeat("a1", Some("a"), now, Activity::Running), now);
         let m = report("a", "a1", second, false, 3);
         core.ingest(&m, now);
-        if shadow.is_none() {
-            shadow = core.test("a").cloned();
-        } else {
-            let s = shadow.as_mut().unwrap();
-            s.observe_clock(now);
-            s.apply(&m);
+        match &mut shadow {
+            None => shadow = core.test("a").cloned(),
+            Some(s) => {
+                s.observe_clock(now);
+                s.apply(&m);
+            }
         }
         for snapshot in core.snapshots_due(now, true, &format!("n{second}")) {
             for c in &snapshot.chunks {
@@ -512,6 +509,15 @@ fn written_sealed_seconds_leave_memory() {
     assert!(kept < 200, "{kept} seconds in memory");
     let shadow = shadow.unwrap();
     assert_eq!(held.total().requests, shadow.total().requests);
+    // Viewed with the sealed seconds read apart (as `GET /tests/{id}` does, outside the
+    // lock), it is the same test, and nothing came back into memory.
+    let reader = held.chunk_reader();
+    let mut sealed = std::collections::BTreeMap::new();
+    for (k, name) in held.unloaded_chunks() {
+        sealed.extend(reader.read(k, &chunks[&name]).unwrap());
+    }
+    assert_eq!(held.view_with_sealed(Some(&sealed)), shadow.view());
+    assert!(!held.is_complete());
     // Read back from what was written, it is the same test.
     let unloaded = held.unloaded_chunks();
     for (k, name) in unloaded {
@@ -560,4 +566,39 @@ fn rejected_reports_are_counted() {
     assert_eq!(core.stats().rejected, 3);
     assert_eq!(core.view("a").unwrap().rejected_messages, 3);
     assert!(core.view("a").unwrap().timeline.is_empty());
+}
+
+/// A heartbeat claiming a send time far ahead would move every test's bus clock, and with
+/// it the seconds reports may be about: it is rejected.
+#[test]
+fn a_heartbeat_from_the_future_is_rejected() {
+    let mut core = ControllerCore::new(ControllerOptions::default());
+    with_test(&mut core, "a", &["a1"]);
+    start(&mut core, "a", &["a1"], T0);
+    let before = core.test("a").unwrap().max_second();
+    core.ingest(
+        &heartbeat("a1", Some("a"), u64::MAX / 2, Activity::Running),
+        T0 + 1_000,
+    );
+    assert_eq!(core.stats().rejected, 1);
+    assert_eq!(core.test("a").unwrap().max_second(), before);
+    // One from a clock a little ahead is fine.
+    core.ingest(
+        &heartbeat("a1", Some("a"), T0 + 30_000, Activity::Running),
+        T0 + 1_000,
+    );
+    assert_eq!(core.stats().rejected, 1);
+}
+
+/// Rejections are logged at most once a second, with how many were held back.
+#[test]
+fn the_log_limiter_lets_one_line_a_second_through() {
+    let mut log = loadwave_core::LogLimiter::default();
+    assert_eq!(log.allow(T0), Some(0));
+    assert_eq!(log.allow(T0 + 10), None);
+    assert_eq!(log.allow(T0 + 999), None);
+    assert_eq!(log.allow(T0 + 1_000), Some(2));
+    assert_eq!(log.allow(T0 + 1_500), None);
+    // A clock that went back does not silence it.
+    assert_eq!(log.allow(T0), Some(1));
 }

@@ -313,7 +313,11 @@ impl Bus for KafkaBus {
             // quickly. (Static membership would be quicker still, but librdkafka treats
             // the fencing a broker restart can cause as fatal.)
             .set("session.timeout.ms", "6000")
-            .set("heartbeat.interval.ms", "1000");
+            .set("heartbeat.interval.ms", "1000")
+            // librdkafka prefetches up to this much per consumer while our bounded channel
+            // holds the pump back: 16 MiB (its default is 64 MiB) is thousands of reports,
+            // plenty to keep a controller busy, a quarter of the memory a flood may pin.
+            .set("queued.max.messages.kbytes", "16384");
         self.config.apply_options(&mut c);
         let consumer: StreamConsumer<AuthContext> = c
             .create_with_context(self.config.context().quiet_outages())

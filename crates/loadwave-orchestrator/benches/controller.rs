@@ -15,6 +15,9 @@
 //! - `snapshots`: a 1-hour, 10-driver test in simulated time, snapshotted every second
 //!   into a store that counts what it writes: bytes written per second, against a whole
 //!   rewrite of the same state every second (the way snapshots were written before).
+//! - `memory`: RSS after many finished tests with request mixes (100 tests of a
+//!   20-request mix, 10 minutes each, by default), then after the probes of issue 16; see
+//!   [`memory`].
 //! - `kafka`: the real thing on this machine: a Kafka broker (started by the script),
 //!   the release `loadwave-orchestrator`, `loadwave-target` on 127.0.0.1 and several
 //!   `loadwave-driver --agents N` processes; a low-rate, bounded Tsunami test. Prints the
@@ -319,12 +322,30 @@ async fn deliver(
     writer: &SnapshotWriter,
     (at, topic, payload): &(u64, Topic, Vec<u8>),
 ) -> Vec<loadwave_core::Snapshot> {
-    {
+    let needed = {
         let mut c = core.lock().expect("lock");
         c.ingest_payload(*topic, payload, *at);
+        c.take_chunk_requests()
+    };
+    // A report for a sealed chunk that left memory: read it back, fold again.
+    if !needed.is_empty() {
+        for (id, chunk) in needed {
+            writer.restore_chunks(core, &id, Some(chunk)).await;
+        }
+        core.lock()
+            .expect("lock")
+            .ingest_payload(*topic, payload, *at);
+    }
+    let incomplete = {
+        let mut c = core.lock().expect("lock");
         c.driver_requests();
         c.poll(*at);
         c.take_finished();
+        c.incomplete_finished()
+    };
+    // A finished test is written whole.
+    for id in incomplete {
+        writer.restore_chunks(core, &id, None).await;
     }
     let written = writer.write_due(core, *at, false).await;
     let _ = core.lock().expect("lock").ack_watermark();
@@ -444,10 +465,30 @@ async fn in_process(flags: &Flags) {
         .await;
     // What one `GET /tests/{id}` of this test costs the orchestrator (not a report's
     // cost: views are derived on read, every driver's percentiles included).
+    // The sealed seconds that left memory are read apart for the view, as the
+    // orchestrator's `GET /tests/{id}` does.
+    let (wanted, reader) = {
+        let c = core.lock().expect("lock");
+        let t = c.test(&fleet.test_id).expect("held");
+        (t.unloaded_chunks(), t.chunk_reader())
+    };
+    let mut sealed = BTreeMap::new();
+    for (k, name) in wanted {
+        let body = writer
+            .store()
+            .chunk_body(&fleet.test_id, &name)
+            .await
+            .expect("store")
+            .expect("stored");
+        sealed.extend(reader.read(k, &body).expect("chunk"));
+    }
     let (c0, views) = (cpu_time(), 5);
     for _ in 0..views {
-        let view = core.lock().expect("lock").view(&fleet.test_id);
-        assert!(view.is_some());
+        let c = core.lock().expect("lock");
+        let view = c
+            .test(&fleet.test_id)
+            .map(|t| t.view_with_sealed(Some(&sealed)));
+        assert!(view.is_some_and(|v| v.timeline.len() as u32 >= seconds));
     }
     let view_ms = (cpu_time() - c0).as_secs_f64() * 1e3 / f64::from(views);
     let per_report = cpu.as_secs_f64() * 1e6 / reports as f64;
@@ -500,6 +541,282 @@ async fn in_process(flags: &Flags) {
             per_s(rest1, rest2)
         );
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A started test `id` of `spec` on drivers `{id}-d{i}`, stored by `writer`; its start
+/// instant.
+async fn start_test(
+    core: &Mutex<ControllerCore>,
+    writer: &SnapshotWriter,
+    id: &str,
+    spec: Value,
+    now: u64,
+) -> u64 {
+    let spec = TestSpec::from_json(spec.to_string().as_bytes()).expect("spec");
+    let drivers = spec.drivers as usize;
+    let state = core.lock().expect("lock").new_test(id, spec, now);
+    let version = writer.store().create(&state).await.expect("created");
+    writer.written_at(id, version);
+    let mut c = core.lock().expect("lock");
+    c.insert(state, now);
+    c.driver_requests();
+    let slots = (0..drivers)
+        .map(|i| DriverSlot::id(format!("{id}-d{i}")))
+        .collect();
+    c.drivers_acquired(id, Acquired::Drivers(slots), now);
+    c.poll(now);
+    for i in 0..drivers {
+        c.ingest(
+            &Message::Register(Register {
+                driver_id: format!("{id}-d{i}"),
+                host: "bench".into(),
+                pid: 1,
+                version: "0".into(),
+                test_id: Some(id.to_string()),
+            }),
+            now,
+        );
+    }
+    c.poll(now);
+    c.test(id)
+        .and_then(|t| t.view().start_at_ms)
+        .expect("the test started")
+}
+
+/// A report of driver `{id}-d{d}` numbered `seq` carrying `buckets`.
+fn mem_report(id: &str, d: usize, seq: u64, buckets: Vec<BucketStats>, is_final: bool) -> Message {
+    let requests = buckets.iter().map(|b| b.requests).sum();
+    Message::Metrics(MetricsReport {
+        test_id: id.to_string(),
+        driver_id: format!("{id}-d{d}"),
+        seq,
+        is_final,
+        buckets,
+        totals: DriverTotals {
+            requests,
+            errors: 0,
+        },
+        elapsed_ms: 1_000 * (seq + 1),
+        stopped: false,
+        start_delay_us: (seq == 0).then_some(150),
+        send_lag: None,
+        health: DriverHealth::default(),
+    })
+}
+
+fn rss_mb() -> f64 {
+    status_kb("self", "VmRSS") as f64 / 1024.0
+}
+
+/// Part 5, memory: `--tests 100 --mix 20 --seconds 600 --drivers 2 --per-request 10`.
+/// Runs that many tests one after the other, each a request mix of `--mix` requests for
+/// `--seconds` s on `--drivers` drivers (every driver reports every request every
+/// second, `--per-request` latencies each), through the controller core and the
+/// snapshot writer as the orchestrator's loop drives them; then the probes of issue 16
+/// (a far-future second, a 1,500-second report of a 100-request mix, counts near
+/// `u64::MAX`). Prints the RSS and the live heap after the finished tests and after the
+/// probes (goal: under 200 MB), and the sizes of `GET /tests` and of one finished
+/// test's view.
+async fn memory(flags: &Flags) {
+    let tests: usize = flags.get("tests", 100);
+    let mix: usize = flags.get("mix", 20);
+    let seconds: u32 = flags.get("seconds", 600);
+    let drivers: usize = flags.get("drivers", 2);
+    let per_request: usize = flags.get("per-request", 10);
+    let dir = flags
+        .text("dir")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("loadwave-bench-memory"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let writer = SnapshotWriter::new(TestStore::local_dir(&dir).expect("store"));
+    let core = Mutex::new(ControllerCore::new(ControllerOptions::default()));
+    println!(
+        "\ncontroller memory: {tests} tests × {seconds} s, a {mix}-request mix on {drivers} drivers, \
+         snapshots to {}; RSS at the start {:.1} MB",
+        dir.display(),
+        rss_mb()
+    );
+    // Encoded buckets to draw from: encoding is the drivers' cost, not the controller's.
+    let mut rng = Rng(7);
+    let pool: Vec<Vec<BucketStats>> = (0..mix)
+        .map(|r| {
+            (0..8)
+                .map(|_| {
+                    let median = 1_000.0 * 50f64.powf(rng.unit());
+                    let mut h = LatencyHistogram::new();
+                    let mut sum = 0;
+                    for _ in 0..per_request {
+                        let us = ((median * (0.5 * rng.normal()).exp()) as u64).max(50);
+                        h.record_us(us);
+                        sum += us;
+                    }
+                    BucketStats {
+                        second: 0,
+                        request: Some(r as u32),
+                        requests: per_request as u64,
+                        errors: 0,
+                        status_codes: BTreeMap::from([(200, per_request as u64)]),
+                        error_kinds: BTreeMap::new(),
+                        late: 0,
+                        latency_sum_us: sum,
+                        latency_min_us: h.min_us(),
+                        latency_max_us: h.max_us(),
+                        busy_us: sum,
+                        histogram: h.to_base64().expect("histograms encode"),
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let requests: Vec<Value> = (0..mix)
+        .map(|i| json!({"name": format!("r{i}"), "url": format!("http://127.0.0.1:9/r{i}")}))
+        .collect();
+    let began = Instant::now();
+    let mut now = T0;
+    let mut last_id = String::new();
+    for t in 0..tests {
+        let id = format!("{t:06}-mem");
+        let spec = json!({
+            "test_type": "avalanche", "drivers": drivers, "duration_s": seconds,
+            "requests": requests,
+        });
+        let start = start_test(&core, &writer, &id, spec, now).await;
+        for second in 0..seconds {
+            let at = start + 1_000 * u64::from(second + 1);
+            let mut deliveries = vec![(
+                at,
+                Topic::Heartbeat,
+                Message::Tick(Tick {
+                    orchestrator_id: "bench".into(),
+                    sent_at_ms: at,
+                })
+                .encode(),
+            )];
+            for d in 0..drivers {
+                let buckets = (0..mix)
+                    .map(|r| {
+                        let mut b = pool[r][rng.range(0, 8) as usize].clone();
+                        b.second = second;
+                        b
+                    })
+                    .collect();
+                let report = mem_report(&id, d, u64::from(second), buckets, false);
+                deliveries.push((at, Topic::Metrics, report.encode()));
+                let heartbeat = Message::Heartbeat(Heartbeat {
+                    driver_id: format!("{id}-d{d}"),
+                    seq: at / 1_000,
+                    sent_at_ms: at,
+                    activity: Activity::Running,
+                    test_id: Some(id.clone()),
+                });
+                deliveries.push((at, Topic::Heartbeat, heartbeat.encode()));
+            }
+            for delivery in &deliveries {
+                deliver(&core, &writer, delivery).await;
+            }
+        }
+        now = start + 1_000 * u64::from(seconds + 2);
+        for d in 0..drivers {
+            let last = mem_report(&id, d, u64::from(seconds), Vec::new(), true);
+            deliver(&core, &writer, &(now, Topic::Metrics, last.encode())).await;
+        }
+        let _ = writer.write_due(&core, now, true).await;
+        let held = core.lock().expect("lock").test(&id).is_some();
+        assert!(!held, "test {id} finished and left memory");
+        last_id = id;
+        if (t + 1) % 10 == 0 {
+            println!(
+                "  {} tests: RSS {:.1} MB, live heap {}, {:.0} s",
+                t + 1,
+                rss_mb(),
+                mb(LIVE.load(Ordering::Relaxed) as f64),
+                began.elapsed().as_secs_f64()
+            );
+        }
+    }
+    println!(
+        "  after {tests} finished tests: RSS {:.1} MB (peak {:.1} MB), live heap {}   goal < 200 MB",
+        rss_mb(),
+        status_kb("self", "VmHWM") as f64 / 1024.0,
+        mb(LIVE.load(Ordering::Relaxed) as f64)
+    );
+    let list = core.lock().expect("lock").list(&Default::default());
+    println!(
+        "  GET /tests (first page, {} lines): {} bytes",
+        list.len(),
+        serde_json::to_vec(&list).expect("json").len()
+    );
+    if !last_id.is_empty() {
+        let view = writer
+            .store()
+            .load(&last_id)
+            .await
+            .expect("store")
+            .expect("stored")
+            .0
+            .view();
+        println!(
+            "  GET /tests/{{id}} of a finished test (read from the store): {} bytes, {} seconds",
+            serde_json::to_vec(&view).expect("json").len(),
+            view.timeline.len()
+        );
+    }
+
+    // The probes.
+    let spec = json!({
+        "target_url": "http://127.0.0.1:9/", "test_type": "avalanche", "duration_s": 10,
+    });
+    let start = start_test(&core, &writer, "probe-far", spec, now).await;
+    let mut far = pool[0][0].clone();
+    far.request = None;
+    far.second = u32::MAX;
+    let at = start + 1_000;
+    let report = mem_report("probe-far", 0, 0, vec![far.clone()], false);
+    deliver(&core, &writer, &(at, Topic::Metrics, report.encode())).await;
+    let mut huge = far;
+    huge.second = 1;
+    huge.requests = u64::MAX;
+    let report = mem_report("probe-far", 0, 1, vec![huge], false);
+    deliver(&core, &writer, &(at, Topic::Metrics, report.encode())).await;
+    let requests: Vec<Value> = (0..100)
+        .map(|i| json!({"name": format!("r{i}"), "url": "http://127.0.0.1:9/"}))
+        .collect();
+    let spec = json!({"test_type": "avalanche", "duration_s": 1_800, "requests": requests});
+    let start = start_test(&core, &writer, "probe-mix", spec, now).await;
+    let buckets: Vec<BucketStats> = (0..1_500)
+        .map(|second| {
+            let mut b = pool[0][0].clone();
+            b.second = second;
+            b.request = Some(99);
+            b
+        })
+        .collect();
+    let report = mem_report("probe-mix", 0, 0, buckets, false);
+    let payload = report.encode();
+    let at = start + 1_600_000;
+    deliver(&core, &writer, &(at, Topic::Metrics, payload.clone())).await;
+    let (view_bytes, timeline) = {
+        let c = core.lock().expect("lock");
+        let v = c.view("probe-mix").expect("held");
+        (
+            serde_json::to_vec(&v).expect("json").len(),
+            v.timeline.len(),
+        )
+    };
+    println!(
+        "  probes: a far-future second, counts near u64::MAX, a {} kB report of 1,500 seconds of a 100-request mix: {} rejected; the mix test's view {} bytes ({} seconds)",
+        payload.len() / 1_000,
+        core.lock().expect("lock").stats().rejected,
+        view_bytes,
+        timeline
+    );
+    println!(
+        "  after the probes: RSS {:.1} MB (peak {:.1} MB), live heap {}   goal < 200 MB",
+        rss_mb(),
+        status_kb("self", "VmHWM") as f64 / 1024.0,
+        mb(LIVE.load(Ordering::Relaxed) as f64)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -798,12 +1115,13 @@ fn main() {
         "in-process" => runtime.block_on(in_process(&flags)),
         "snapshots" => runtime.block_on(snapshots(&flags)),
         "kafka" => kafka(&flags),
+        "memory" => runtime.block_on(memory(&flags)),
         "all" => {
             runtime.block_on(in_process(&flags));
             runtime.block_on(snapshots(&flags));
         }
         other => {
-            eprintln!("unknown mode {other}: in-process, snapshots, kafka or all");
+            eprintln!("unknown mode {other}: in-process, snapshots, memory, kafka or all");
             std::process::exit(2);
         }
     }

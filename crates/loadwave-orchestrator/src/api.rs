@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -30,9 +30,9 @@ use serde::Serialize;
 use utoipa::OpenApi;
 
 use async_trait::async_trait;
-use loadwave_bus::BusState;
 use axum::extract::Query;
 use axum::extract::rejection::QueryRejection;
+use loadwave_bus::BusState;
 use loadwave_core::{BusStats, DriverInfo, LIST_MAX_LIMIT, ListQuery, StopError, TestListItem};
 use loadwave_proto::forbidden_address;
 
@@ -228,9 +228,11 @@ pub type ResponseBody = axum::body::Body;
 /// Shared state of the handlers.
 pub type AppState = Arc<dyn Backend>;
 
-/// Refuses a target that resolves to a link-local (metadata service) address, or to one
-/// of the `refused` endpoints (the orchestrator itself, its brokers): every address each
-/// request's host resolves to is checked, not just the URL's text. A name that does not
+/// Refuses (403: the spec is valid, the deployment's policy says no) a target that
+/// resolves to a link-local (metadata service) address, or to one of the `refused`
+/// endpoints (the orchestrator itself, its brokers): every address each request's host
+/// resolves to is checked, not just the URL's text. A URL that is itself a forbidden
+/// address literal is an invalid spec everywhere (422, from the spec's validation). A name that does not
 /// resolve here is let through (the drivers may see other DNS); they check again.
 pub async fn check_target(
     spec: &TestSpec,
@@ -251,7 +253,7 @@ pub async fn check_target(
             for addr in addrs {
                 if let Some(why) = forbidden_address(addr.ip()) {
                     return Err(AppError::Invalid {
-                        status: StatusCode::UNPROCESSABLE_ENTITY,
+                        status: StatusCode::FORBIDDEN,
                         field,
                         message: format!(
                             "`{}` resolves to {}, {why}; loadwave does not send load there",
@@ -265,7 +267,7 @@ pub async fn check_target(
                     .any(|own| loadwave_proto::spec::reaches(addr, *own))
                 {
                     return Err(AppError::Invalid {
-                        status: StatusCode::UNPROCESSABLE_ENTITY,
+                        status: StatusCode::FORBIDDEN,
                         field,
                         message: format!(
                             "`{}` resolves to {addr}, the orchestrator's own API or one of its Kafka brokers; loadwave does not send load there (start the orchestrator with --allow-self-target to test it)",
@@ -432,8 +434,15 @@ async fn list_tests(
             format!("limit must be between 1 and {LIST_MAX_LIMIT}"),
         ));
     }
-    if query.cursor.as_ref().is_some_and(|c| c.chars().count() > 64) {
-        return Err(invalid("cursor", "cursor is longer than 64 characters".into()));
+    if query
+        .cursor
+        .as_ref()
+        .is_some_and(|c| c.chars().count() > 64)
+    {
+        return Err(invalid(
+            "cursor",
+            "cursor is longer than 64 characters".into(),
+        ));
     }
     Ok(Json(orch.list_page(&query).await?))
 }

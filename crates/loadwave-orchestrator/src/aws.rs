@@ -42,15 +42,23 @@ const WRITE_ATTEMPTS: usize = 25;
 /// (what the state records as sent but never went out is sent again by the core).
 pub const PUBLISH_WAIT: Duration = Duration::from_secs(5);
 
-/// Publishes `m`, waiting at most `wait`; the error names the topic.
-async fn publish_within(bus: &dyn Bus, m: &Message, wait: Duration) -> Result<(), String> {
+/// Publishes `m`, waiting at most `wait` (a wait that runs out is retriable); the error
+/// names the topic.
+async fn publish_within(
+    bus: &dyn Bus,
+    m: &Message,
+    wait: Duration,
+) -> Result<(), loadwave_bus::BusError> {
     match tokio::time::timeout(wait, bus.publish(m)).await {
-        Ok(result) => result.map_err(|e| e.to_string()),
-        Err(_) => Err(format!(
-            "the bus did not take a `{}` message within {} ms",
-            m.topic().name(),
-            wait.as_millis()
-        )),
+        Ok(result) => result,
+        Err(_) => Err(loadwave_bus::BusError::Publish {
+            topic: m.topic().name().to_string(),
+            reason: format!(
+                "the bus did not take the message within {} ms",
+                wait.as_millis()
+            ),
+            retriable: true,
+        }),
     }
 }
 
@@ -436,10 +444,19 @@ impl LambdaController {
                     outcome.written += 1;
                     outcome.rejected = outcome.rejected.saturating_add(rejected);
                     for m in &publish {
-                        publish_within(self.bus.as_ref(), m, self.publish_wait)
-                            .await
-                            .map_err(ControllerError::Publish)?;
-                        outcome.published += 1;
+                        match publish_within(self.bus.as_ref(), m, self.publish_wait).await {
+                            Ok(()) => outcome.published += 1,
+                            // Failing the invocation would have the mapping retry this
+                            // batch forever: no retry sends this message.
+                            Err(err) if !err.is_retriable() => tracing::error!(
+                                test_id = m.key(),
+                                topic = m.topic().name(),
+                                bytes = m.encode().len(),
+                                %err,
+                                "message dropped: the bus refuses it and no retry can deliver it"
+                            ),
+                            Err(err) => return Err(ControllerError::Publish(err.to_string())),
+                        }
                     }
                     for (test_id, slots) in finished {
                         self.launcher.release(&test_id, &slots).await;
@@ -504,4 +521,94 @@ pub fn ecs_controller_options() -> Result<ControllerOptions, String> {
     options.test.registration_timeout_ms = 180_000;
     options.limits = loadwave_core::Limits::from_env(loadwave_core::Limits::cloud_defaults())?;
     Ok(options)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use loadwave_bus::MemoryBus;
+    use loadwave_core::TestOptions;
+    use loadwave_testkit::messages::report;
+
+    /// In the Lambda controller too, a report that breaks a bound is rejected and counted,
+    /// garbage is counted, and neither fails the invocation (which would stop the topic:
+    /// the mapping has no bisect).
+    #[tokio::test]
+    async fn a_batch_with_rejected_and_malformed_records_is_folded_and_counted() {
+        let store = TestStore::memory();
+        let spec = TestSpec::from_json(
+            br#"{"target_url":"http://127.0.0.1:9/","test_type":"avalanche","duration_s":10}"#,
+        )
+        .unwrap();
+        let state = TestState::new("t", spec, vec!["d0".into()], 1, TestOptions::default());
+        store.create(&state).await.unwrap();
+        let controller = LambdaController::new(
+            store.clone(),
+            Arc::new(crate::PoolLauncher),
+            Arc::new(MemoryBus::new()),
+        );
+        let mut far = report("t", "d0", 0, false, 5);
+        if let Message::Metrics(r) = &mut far {
+            r.buckets[0].second = u32::MAX;
+        }
+        let records = vec![
+            (Topic::Metrics, far.encode()),
+            (Topic::Metrics, b"\x00garbage".to_vec()),
+            (Topic::Metrics, report("t", "d0", 1, false, 5).encode()),
+        ];
+        let outcome = controller.handle_records(&records, 2).await.unwrap();
+        assert_eq!((outcome.malformed, outcome.rejected), (1, 1));
+        let (back, _) = store.load("t").await.unwrap().unwrap();
+        let view = back.view();
+        assert_eq!(view.rejected_messages, 1);
+        assert_eq!(view.summary.requests, 5);
+        assert!(view.timeline.len() < 100);
+    }
+}
+
+#[cfg(test)]
+mod undeliverable_tests {
+    use super::*;
+    use loadwave_bus::MemoryBus;
+    use loadwave_core::TestOptions;
+
+    /// A test with one assigned driver, whose configuration is about 2 KB.
+    async fn store_with_a_pending_test() -> TestStore {
+        let store = TestStore::memory();
+        let json = format!(
+            r#"{{"target_url":"http://127.0.0.1:9/","test_type":"avalanche","duration_s":10,"method":"POST","body":"{}"}}"#,
+            "x".repeat(2_000)
+        );
+        let spec = TestSpec::from_json(json.as_bytes()).unwrap();
+        let state = TestState::new("t", spec, vec!["d0".into()], 1, TestOptions::default());
+        store.create(&state).await.unwrap();
+        store
+    }
+
+    /// A configuration the bus refuses for good (over its size limit) fails the
+    /// invocation no more: the mapping would retry it forever. A retriable failure still
+    /// does (`with_the_bus_away_invocations_end_within_their_publish_wait`).
+    #[tokio::test]
+    async fn a_message_the_bus_refuses_for_good_does_not_fail_the_invocation() {
+        // Control: with room, the schedule publishes the driver's configuration.
+        let roomy = MemoryBus::new();
+        let mut configs = roomy.subscribe(&[Topic::TestConfig], "d0").await.unwrap();
+        let controller = LambdaController::new(
+            store_with_a_pending_test().await,
+            Arc::new(crate::PoolLauncher),
+            Arc::new(roomy.clone()),
+        );
+        controller.handle_schedule(0).await.unwrap();
+        let delivery = configs.next().await.unwrap();
+        assert!(delivery.payload.len() > 1_000);
+
+        let tight = MemoryBus::new().with_max_message_bytes(1_000);
+        let controller = LambdaController::new(
+            store_with_a_pending_test().await,
+            Arc::new(crate::PoolLauncher),
+            Arc::new(tight.clone()),
+        );
+        let outcome = controller.handle_schedule(0).await;
+        assert!(outcome.is_ok(), "{:?}", outcome.err());
+    }
 }

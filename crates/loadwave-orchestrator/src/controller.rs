@@ -29,7 +29,7 @@
 //! have finished (or were deleted) are dropped before they are sent. Stops always go out:
 //! the core sends them for finished tests on purpose, to free drivers that missed one.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -195,7 +195,11 @@ impl Orchestrator {
                 delivery.ack();
             }
         }
-        // Whatever was folded is written before leaving.
+        // Whatever was folded is written before leaving (finished tests whole).
+        let incomplete = self.core().incomplete_finished();
+        for test_id in incomplete {
+            self.restore_chunks(&test_id, None).await;
+        }
         self.persist(unix_ms_now(), true).await;
         if let Some(publisher) = publisher {
             let _ = publisher.await;
@@ -327,9 +331,9 @@ impl Orchestrator {
             let core = self.core();
             batch.retain(|m| match m {
                 Message::Trigger(t) if matches!(t.action, TriggerAction::Stop) => true,
-                Message::TestConfig(_) | Message::Trigger(_) => core
-                    .test(m.key())
-                    .is_some_and(|t| !t.is_finished()),
+                Message::TestConfig(_) | Message::Trigger(_) => {
+                    core.test(m.key()).is_some_and(|t| !t.is_finished())
+                }
                 _ => true,
             });
         }
@@ -358,12 +362,13 @@ impl Orchestrator {
             self.send(message);
         }
         for (test_id, slots) in finished {
-            // A finished test is written whole: what of its timeline is only in the store
-            // comes back first.
-            if self.core().test(&test_id).is_some_and(|t| !t.is_complete()) {
-                self.restore_chunks(&test_id, None).await;
-            }
             self.release(test_id, slots);
+        }
+        // A finished test is written whole: what of its timeline is only in the store
+        // comes back first (again at the next step if a read failed).
+        let incomplete = self.core().incomplete_finished();
+        for test_id in incomplete {
+            self.restore_chunks(&test_id, None).await;
         }
         self.persist(now, false).await;
     }
@@ -425,32 +430,8 @@ impl Orchestrator {
         });
     }
 
-    /// Reads stored timeline chunks of test `id` that are not in memory (`only` that one,
-    /// or all) back into the core. Failures are logged: the fold then defers again.
     async fn restore_chunks(&self, id: &str, only: Option<u32>) {
-        let wanted: Vec<(u32, String)> = match self.core().test(id) {
-            Some(t) => t
-                .unloaded_chunks()
-                .into_iter()
-                .filter(|(k, _)| only.is_none_or(|o| o == *k))
-                .collect(),
-            None => return,
-        };
-        for (k, name) in wanted {
-            match self.writer.store().chunk_body(id, &name).await {
-                Ok(Some(body)) => {
-                    if let Err(err) = self.core().restore_chunk(id, k, &body) {
-                        tracing::error!(test_id = id, chunk = k, %err, "stored timeline chunk unreadable");
-                    }
-                }
-                Ok(None) => {
-                    tracing::error!(test_id = id, chunk = k, "stored timeline chunk missing")
-                }
-                Err(err) => {
-                    tracing::error!(test_id = id, chunk = k, %err, "cannot read timeline chunk")
-                }
-            }
-        }
+        self.writer.restore_chunks(&self.core, id, only).await;
     }
 
     /// Writes the snapshots the core says are due (all of them with `all`).
@@ -528,6 +509,41 @@ impl SnapshotWriter {
             .insert(id.to_string(), version);
     }
 
+    /// Reads stored timeline chunks of test `id` that are not in memory (`only` that one,
+    /// or all) back into `core`: for a report that needs one, and before a finished test
+    /// is written whole. The reads happen outside the lock. Failures are logged: the fold
+    /// then defers again, and a finished test stays unwritten until its chunks are read.
+    pub async fn restore_chunks(&self, core: &Mutex<ControllerCore>, id: &str, only: Option<u32>) {
+        let wanted: Vec<(u32, String)> =
+            match core.lock().expect("controller lock poisoned").test(id) {
+                Some(t) => t
+                    .unloaded_chunks()
+                    .into_iter()
+                    .filter(|(k, _)| only.is_none_or(|o| o == *k))
+                    .collect(),
+                None => return,
+            };
+        for (k, name) in wanted {
+            match self.store.chunk_body(id, &name).await {
+                Ok(Some(body)) => {
+                    let restored = core
+                        .lock()
+                        .expect("controller lock poisoned")
+                        .restore_chunk(id, k, &body);
+                    if let Err(err) = restored {
+                        tracing::error!(test_id = id, chunk = k, %err, "stored timeline chunk unreadable");
+                    }
+                }
+                Ok(None) => {
+                    tracing::error!(test_id = id, chunk = k, "stored timeline chunk missing")
+                }
+                Err(err) => {
+                    tracing::error!(test_id = id, chunk = k, %err, "cannot read timeline chunk")
+                }
+            }
+        }
+    }
+
     /// Writes the snapshots `core` says are due at `now` (all of them with `all`), tells
     /// it which were written and returns them. The snapshots are taken under the core's
     /// lock (they are bounded: a test's state without its sealed timeline, plus the
@@ -587,25 +603,40 @@ impl Backend for Orchestrator {
         Ok(view)
     }
 
-    /// From memory when the whole test is there; a running test's sealed seconds are read
-    /// from the store into a copy; a finished test held as its list line is read from the
-    /// store.
+    /// From memory when the whole test is there. A running test's sealed seconds are read
+    /// from the store for the view alone (parsed outside the lock, never put back into
+    /// memory); a finished test held as its list line is read from the store.
     async fn view(&self, id: &str) -> Result<Option<TestView>, AppError> {
-        for _ in 0..VIEW_ATTEMPTS {
-            let partial = {
+        'attempt: for _ in 0..VIEW_ATTEMPTS {
+            let (wanted, reader) = {
                 let core = self.core();
                 match core.test(id) {
                     Some(t) if t.is_complete() => return Ok(Some(t.view())),
-                    Some(t) => t.clone(),
+                    Some(t) => (t.unloaded_chunks(), t.chunk_reader()),
                     None => break,
                 }
             };
-            let mut state = partial;
-            match self.writer.store().load_chunks(&mut state, None).await {
-                Ok(()) => return Ok(Some(state.view())),
-                // A newer write replaced a chunk meanwhile: copy the state again.
-                Err(StoreError::Conflict(_)) => continue,
-                Err(e) => return Err(e.into()),
+            let mut sealed = BTreeMap::new();
+            for (k, name) in &wanted {
+                match self.writer.store().chunk_body(id, name).await? {
+                    Some(body) => sealed.extend(
+                        reader
+                            .read(*k, &body)
+                            .map_err(|e| AppError::Internal(e.to_string()))?,
+                    ),
+                    // A newer write replaced it meanwhile: look again.
+                    None => continue 'attempt,
+                }
+            }
+            let core = self.core();
+            match core.test(id) {
+                // The same chunks are still the stored ones: the view is consistent.
+                Some(t) if t.unloaded_chunks() == wanted => {
+                    return Ok(Some(t.view_with_sealed(Some(&sealed))));
+                }
+                Some(t) if t.is_complete() => return Ok(Some(t.view())),
+                Some(_) => continue,
+                None => break,
             }
         }
         Ok(self.writer.store().load(id).await?.map(|(t, _)| t.view()))
@@ -718,7 +749,10 @@ mod outbox_tests {
     }
 
     /// An orchestrator over `bus` with its publisher running, and a test of `spec`.
-    async fn started(bus: Arc<dyn Bus>, spec: TestSpec) -> (Arc<Orchestrator>, String, CancellationToken) {
+    async fn started(
+        bus: Arc<dyn Bus>,
+        spec: TestSpec,
+    ) -> (Arc<Orchestrator>, String, CancellationToken) {
         let orch = Orchestrator::new(
             bus,
             TestStore::memory(),
@@ -765,7 +799,11 @@ mod outbox_tests {
         assert!(matches!(got, Message::Trigger(_)), "{got:?}");
         for _ in 0..10 {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            assert_eq!(requeued_configs(&orch), 0, "the undeliverable config was requeued");
+            assert_eq!(
+                requeued_configs(&orch),
+                0,
+                "the undeliverable config was requeued"
+            );
         }
         shutdown.cancel();
     }

@@ -112,6 +112,8 @@ impl Launcher for ProcessLauncher {
                 .args(self.kafka.to_args())
                 .args(["--test-id", test_id])
                 .args(["--driver-id", &driver_id])
+                // A driver never needs the API's token: it talks to Kafka only.
+                .env_remove("LOADWAVE_TOKEN")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(output)

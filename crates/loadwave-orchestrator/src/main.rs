@@ -231,55 +231,6 @@ fn write_token(data_dir: &std::path::Path, token: &str) -> anyhow::Result<PathBu
     Ok(path)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn local_caps_come_from_defaults_environment_and_flags() {
-        let args = Args::parse_from(["o", "--launcher", "process"]);
-        let limits = local_limits(&args).unwrap();
-        assert_eq!(limits.max_drivers, Some(64));
-        assert_eq!(limits.max_duration_s, Some(600));
-        let args = Args::parse_from(["o", "--max-drivers", "1000", "--max-duration", "1h"]);
-        let limits = local_limits(&args).unwrap();
-        assert_eq!((limits.max_drivers, limits.max_duration_s), (Some(1000), Some(3_600)));
-        let args = Args::parse_from(["o", "--max-drivers", "nan"]);
-        assert!(local_limits(&args).unwrap_err().contains("--max-drivers"));
-    }
-
-    #[tokio::test]
-    async fn own_endpoints_are_the_listener_and_the_resolved_brokers() {
-        let listen: SocketAddr = "127.0.0.1:8000".parse().unwrap();
-        let got = own_endpoints(listen, "127.0.0.1:9092, PLAINTEXT://127.0.0.2:9093,").await;
-        let want: Vec<SocketAddr> = ["127.0.0.1:8000", "127.0.0.1:9092", "127.0.0.2:9093"]
-            .iter()
-            .map(|s| s.parse().unwrap())
-            .collect();
-        assert_eq!(got, want);
-    }
-
-    #[test]
-    fn retention_ages() {
-        assert_eq!(parse_age("30d"), Ok(Duration::from_secs(30 * 86_400)));
-        assert_eq!(parse_age("12h"), Ok(Duration::from_secs(12 * 3_600)));
-        assert_eq!(parse_age("90m"), Ok(Duration::from_secs(90 * 60)));
-        assert_eq!(parse_age("600s"), Ok(Duration::from_secs(600)));
-        for bad in [
-            "",
-            "30",
-            "0d",
-            "-1d",
-            "1.5d",
-            "d",
-            "30w",
-            "99999999999999999999d",
-        ] {
-            assert!(parse_age(bad).is_err(), "{bad}");
-        }
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // Before anything is written: the data directory, the token, the stored tests (which
@@ -409,4 +360,56 @@ async fn main() -> anyhow::Result<()> {
     controller.await??;
     loadwave_bus::stop::leave(&*bus);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_caps_come_from_defaults_environment_and_flags() {
+        let args = Args::parse_from(["o", "--launcher", "process"]);
+        let limits = local_limits(&args).unwrap();
+        assert_eq!(limits.max_drivers, Some(64));
+        assert_eq!(limits.max_duration_s, Some(600));
+        let args = Args::parse_from(["o", "--max-drivers", "1000", "--max-duration", "1h"]);
+        let limits = local_limits(&args).unwrap();
+        assert_eq!(
+            (limits.max_drivers, limits.max_duration_s),
+            (Some(1000), Some(3_600))
+        );
+        let args = Args::parse_from(["o", "--max-drivers", "nan"]);
+        assert!(local_limits(&args).unwrap_err().contains("--max-drivers"));
+    }
+
+    #[tokio::test]
+    async fn own_endpoints_are_the_listener_and_the_resolved_brokers() {
+        let listen: SocketAddr = "127.0.0.1:8000".parse().unwrap();
+        let got = own_endpoints(listen, "127.0.0.1:9092, PLAINTEXT://127.0.0.2:9093,").await;
+        let want: Vec<SocketAddr> = ["127.0.0.1:8000", "127.0.0.1:9092", "127.0.0.2:9093"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn retention_ages() {
+        assert_eq!(parse_age("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_age("12h"), Ok(Duration::from_secs(12 * 3_600)));
+        assert_eq!(parse_age("90m"), Ok(Duration::from_secs(90 * 60)));
+        assert_eq!(parse_age("600s"), Ok(Duration::from_secs(600)));
+        for bad in [
+            "",
+            "30",
+            "0d",
+            "-1d",
+            "1.5d",
+            "d",
+            "30w",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_age(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -636,11 +636,16 @@ impl TestStore {
                 Err(e) => return Err(e.into()),
             }
         }
-        let existed = match self.inner.delete(&Self::key(id)).await {
-            Ok(()) => true,
+        // Stores answer a delete of a missing object as done (S3 does): ask first.
+        let existed = match self.inner.head(&Self::key(id)).await {
+            Ok(_) => true,
             Err(object_store::Error::NotFound { .. }) => false,
             Err(e) => return Err(e.into()),
         };
+        match self.inner.delete(&Self::key(id)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
         for _ in 0..INDEX_ATTEMPTS {
             let (mut items, version) = self.read_index().await?;
             let before = items.len();

@@ -1214,7 +1214,7 @@ async fn finished_tests_can_be_deleted_and_swept() {
         .into_iter()
         .map(|t| t.id)
         .collect();
-    assert_eq!(ids, [running.clone()]);
+    assert_eq!(ids, [running]);
     assert!(store.load(&old).await.unwrap().is_none());
     shutdown.cancel();
 }
@@ -1348,4 +1348,56 @@ fn the_binary_refuses_an_open_listener_and_keeps_its_token_private() {
     assert_eq!(mode(&dir), 0o700);
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&log);
+}
+
+/// `GET /tests` comes in pages: `limit` (1 to 1000, default 100) tests after `cursor`,
+/// newest first; out-of-range values answer 400 naming the parameter.
+#[tokio::test]
+async fn the_test_list_comes_in_pages() {
+    let (orch, _) = orchestrator(ControllerOptions::default()).await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let (status, created, _) =
+            call(&orch, "POST", "/tests", Body::from(spec().to_string())).await;
+        assert_eq!(status, StatusCode::CREATED);
+        ids.push(created["id"].as_str().unwrap().to_string());
+    }
+    ids.reverse();
+    let page = |list: &Value| -> Vec<String> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (_, all, _) = call(&orch, "GET", "/tests", Body::empty()).await;
+    assert_eq!(page(&all), ids);
+    let (_, first, _) = call(&orch, "GET", "/tests?limit=2", Body::empty()).await;
+    assert_eq!(page(&first), ids[..2]);
+    let uri = format!("/tests?limit=2&cursor={}", ids[1]);
+    let (_, second, _) = call(&orch, "GET", &uri, Body::empty()).await;
+    assert_eq!(page(&second), ids[2..4]);
+    let uri = format!("/tests?limit=2&cursor={}", ids[3]);
+    let (_, last, _) = call(&orch, "GET", &uri, Body::empty()).await;
+    assert_eq!(page(&last), ids[4..]);
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=abc", "query"),
+    ] {
+        let (status, json, text) =
+            call(&orch, "GET", &format!("/tests?{query}"), Body::empty()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {text}");
+        assert_eq!(json["error"]["field"], field, "{query}: {text}");
+    }
+    // The document states the parameters and their range.
+    let (_, doc, _) = call(&orch, "GET", "/openapi.json", Body::empty()).await;
+    let params = doc["paths"]["/tests"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    let limit = params.iter().find(|p| p["name"] == "limit").unwrap();
+    assert_eq!(limit["in"], "query");
+    assert_eq!(limit["schema"]["minimum"], 1);
+    assert_eq!(limit["schema"]["maximum"], 1000);
+    assert!(params.iter().any(|p| p["name"] == "cursor"));
 }

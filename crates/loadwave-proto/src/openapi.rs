@@ -18,9 +18,9 @@
 use serde_json::{Value, json};
 
 use crate::spec::{
-    MAX_ABORT_GRACE_S, MAX_BODY_BYTES, MAX_CONCURRENCY, MAX_DELAY_MS, MAX_DRIVERS,
-    MAX_DURATION_S, MAX_MIX, MAX_NAME_CHARS, MAX_RATE, MAX_REQUEST_NAME_CHARS,
-    MAX_REQUESTS_PER_DRIVER, MAX_SECRET_HEADERS, MAX_STAGES, MAX_TIMEOUT_MS, MAX_URL_CHARS, MIN_PROFILE_VALUE,
+    MAX_ABORT_GRACE_S, MAX_BODY_BYTES, MAX_CONCURRENCY, MAX_DELAY_MS, MAX_DRIVERS, MAX_DURATION_S,
+    MAX_MIX, MAX_NAME_CHARS, MAX_RATE, MAX_REQUEST_NAME_CHARS, MAX_REQUESTS_PER_DRIVER,
+    MAX_SECRET_HEADERS, MAX_STAGES, MAX_TIMEOUT_MS, MAX_URL_CHARS, MIN_PROFILE_VALUE,
 };
 
 /// An HTTP token (RFC 9110 §5.6.2): what a method and a header name are made of.
@@ -31,7 +31,8 @@ pub const HEADER_VALUE_PATTERN: &str = r"^[^\x00-\x08\x0a-\x1f\x7f]*$";
 
 /// A mix request's name: 1 to 64 characters, no braces or angle brackets (they delimit
 /// names in thresholds and reports), no control characters, no surrounding spaces.
-pub const REQUEST_NAME_PATTERN: &str = r"^[^{}<>\s\x00-\x1f\x7f-\x9f]([^{}<>\x00-\x1f\x7f-\x9f]*[^{}<>\s\x00-\x1f\x7f-\x9f])?$";
+pub const REQUEST_NAME_PATTERN: &str =
+    r"^[^{}<>\s\x00-\x1f\x7f-\x9f]([^{}<>\x00-\x1f\x7f-\x9f]*[^{}<>\s\x00-\x1f\x7f-\x9f])?$";
 
 /// The documented (canonical) form of a threshold.
 pub const THRESHOLD_PATTERN: &str = concat!(
@@ -71,13 +72,17 @@ fn profile_value(cap: f64) -> Value {
     ] })
 }
 
-/// The per-field rules of [`crate::TestSpec`], merged into its derived properties.
-fn spec_properties() -> Value {
-    let headers = json!({
+/// A map of header names to values.
+fn headers() -> Value {
+    json!({
         "type": "object",
         "propertyNames": { "pattern": TOKEN_PATTERN },
         "additionalProperties": { "type": "string", "pattern": HEADER_VALUE_PATTERN }
-    });
+    })
+}
+
+/// The per-field rules of [`crate::TestSpec`], merged into its derived properties.
+fn spec_properties() -> Value {
     json!({
         "name": { "type": ["string", "null"], "maxLength": MAX_NAME_CHARS },
         "target_url": { "type": ["string", "null"], "pattern": URL_PATTERN, "maxLength": MAX_URL_CHARS },
@@ -105,7 +110,7 @@ fn spec_properties() -> Value {
         },
         "timeout_ms": { "type": "integer", "minimum": 1, "maximum": MAX_TIMEOUT_MS },
         "method": { "type": "string", "pattern": TOKEN_PATTERN },
-        "headers": headers,
+        "headers": headers(),
         "body": { "type": ["string", "null"], "maxLength": MAX_BODY_BYTES },
         "thresholds": {
             "type": "array",
@@ -183,11 +188,7 @@ fn request_properties() -> Value {
                   "minLength": 1, "maxLength": MAX_REQUEST_NAME_CHARS },
         "method": { "type": "string", "pattern": TOKEN_PATTERN },
         "url": { "type": "string", "pattern": URL_PATTERN, "maxLength": MAX_URL_CHARS },
-        "headers": {
-            "type": "object",
-            "propertyNames": { "pattern": TOKEN_PATTERN },
-            "additionalProperties": { "type": "string", "pattern": HEADER_VALUE_PATTERN }
-        },
+        "headers": headers(),
         "body": { "type": ["string", "null"], "maxLength": MAX_BODY_BYTES },
         "weight": { "type": "number", "minimum": 0 }
     })
@@ -254,7 +255,12 @@ mod tests {
     fn patterns_agree_with_the_parsers() {
         // Every pattern is checked by schemathesis against the running API; here, that the
         // documented examples of each are what the code takes.
-        for t in ["p99 < 200ms", "error_rate < 1% abort", "rps >= 100", "max <= 2s"] {
+        for t in [
+            "p99 < 200ms",
+            "error_rate < 1% abort",
+            "rps >= 100",
+            "max <= 2s",
+        ] {
             crate::Threshold::parse(t).unwrap();
         }
         for u in ["http://localhost:8080/ping", "https://a.example/x?y=1"] {

@@ -166,7 +166,7 @@ pub struct TestSpec {
     /// Pass/fail criteria evaluated on the merged result; `METRIC[{request}] OP VALUE`,
     /// ending in `abort` to stop the whole test as soon as one breaks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>, example = json!(["p99 < 200ms", "error_rate < 1% abort", "p95{checkout} < 300ms"])))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>, example = json!(["p99 < 200ms", "error_rate < 1% abort", "rps > 100"])))]
     pub thresholds: Vec<Threshold>,
     /// Seconds after the start before abort thresholds are evaluated (5 when not given):
     /// the first second's numbers are too few to judge by.
@@ -241,7 +241,9 @@ mod whole {
             n if n.is_u64() => Ok(n.as_u64().unwrap_or_default()),
             n => match n.as_f64() {
                 Some(f) if f >= 0.0 && f.fract() == 0.0 && f <= u64::MAX as f64 => Ok(f as u64),
-                _ => Err(D::Error::custom(format!("expected a whole number of at least 0, got {n}"))),
+                _ => Err(D::Error::custom(format!(
+                    "expected a whole number of at least 0, got {n}"
+                ))),
             },
         }
     }
@@ -950,28 +952,41 @@ fn plain_url_form(raw: &str) -> Result<(), &'static str> {
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(end);
     let port = if let Some(v6) = authority.strip_prefix('[') {
-        let (addr, after) = v6.split_once(']').ok_or("an IPv6 host needs its closing `]`")?;
+        let (addr, after) = v6
+            .split_once(']')
+            .ok_or("an IPv6 host needs its closing `]`")?;
         addr.parse::<Ipv6Addr>()
             .map_err(|_| "the host in brackets is not an IPv6 address")?;
         match after {
             "" => None,
-            p => Some(p.strip_prefix(':').ok_or("only a port may follow the host")?),
+            p => Some(
+                p.strip_prefix(':')
+                    .ok_or("only a port may follow the host")?,
+            ),
         }
     } else {
         let (host, port) = match authority.split_once(':') {
             Some((h, p)) => (h, Some(p)),
             None => (authority, None),
         };
-        let label_ok =
-            |l: &str| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
         if !host.split('.').all(label_ok) {
-            return Err("the host must be a name of letters, digits, `-` and `_` between dots, or [IPv6]");
+            return Err(
+                "the host must be a name of letters, digits, `-` and `_` between dots, or [IPv6]",
+            );
         }
         port
     };
     if let Some(p) = port {
         let digits_ok = !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit());
-        if !digits_ok || (p.len() > 1 && p.starts_with('0')) || p.parse::<u32>().map_or(true, |n| n > 65_535) {
+        if !digits_ok
+            || (p.len() > 1 && p.starts_with('0'))
+            || p.parse::<u32>().map_or(true, |n| n > 65_535)
+        {
             return Err("the port must be a number from 0 to 65535");
         }
     }
@@ -1078,7 +1093,9 @@ pub fn forbidden_address(ip: IpAddr) -> Option<&'static str> {
         return Some(LINK_LOCAL);
     }
     if s[0] == 0xfd00 && s[1] == 0x0ec2 {
-        return Some("an AWS-internal address (fd00:ec2::/32: instance metadata, DNS and time services)");
+        return Some(
+            "an AWS-internal address (fd00:ec2::/32: instance metadata, DNS and time services)",
+        );
     }
     embedded_ipv4(v6)
         .iter()
@@ -1438,17 +1455,17 @@ mod tests {
     #[test]
     fn link_local_ipv4_is_refused_in_every_ipv6_embedding() {
         for addr in [
-            "64:ff9b::a9fe:a9fe",        // NAT64, the issue's probe
-            "64:ff9b::169.254.170.2",    // NAT64, the ECS task metadata
-            "64:ff9b:1:a9fe:a9:fe00::",  // NAT64 local-use, /48 position
-            "64:ff9b:1:a9:fe:a9fe::",    // NAT64 local-use, /56 position
-            "64:ff9b:1::a9:fea9:fe00:0", // NAT64 local-use, /64 position
-            "64:ff9b:1::a9fe:a9fe",      // NAT64 local-use, /96 position
-            "2002:a9fe:a9fe::1",         // 6to4, the issue's probe
-            "::169.254.169.254",         // IPv4-compatible, the issue's probe
-            "::ffff:0:169.254.169.254",  // IPv4-translated
-            "::ffff:169.254.169.254",    // IPv4-mapped
-            "2001:0:a9fe:a9fe::1",       // Teredo server
+            "64:ff9b::a9fe:a9fe",                   // NAT64, the issue's probe
+            "64:ff9b::169.254.170.2",               // NAT64, the ECS task metadata
+            "64:ff9b:1:a9fe:a9:fe00::",             // NAT64 local-use, /48 position
+            "64:ff9b:1:a9:fe:a9fe::",               // NAT64 local-use, /56 position
+            "64:ff9b:1::a9:fea9:fe00:0",            // NAT64 local-use, /64 position
+            "64:ff9b:1::a9fe:a9fe",                 // NAT64 local-use, /96 position
+            "2002:a9fe:a9fe::1",                    // 6to4, the issue's probe
+            "::169.254.169.254",                    // IPv4-compatible, the issue's probe
+            "::ffff:0:169.254.169.254",             // IPv4-translated
+            "::ffff:169.254.169.254",               // IPv4-mapped
+            "2001:0:a9fe:a9fe::1",                  // Teredo server
             "2001:0:4136:e378:8000:63bf:5601:5601", // Teredo client (inverted)
         ] {
             let ip: IpAddr = addr.parse().unwrap();
@@ -1496,7 +1513,11 @@ mod tests {
     fn the_aws_internal_range_is_refused_whole() {
         for addr in ["fd00:ec2::23", "fd00:ec2::254", "fd00:ec2:ffff::1"] {
             let err = parse_target_url(&format!("http://[{addr}]/")).unwrap_err();
-            assert!(err.message.contains("fd00:ec2::/32"), "{addr}: {}", err.message);
+            assert!(
+                err.message.contains("fd00:ec2::/32"),
+                "{addr}: {}",
+                err.message
+            );
         }
         assert_eq!(forbidden_address("fd00:ec3::23".parse().unwrap()), None);
         assert_eq!(forbidden_address("fd00::1".parse().unwrap()), None);
@@ -1531,5 +1552,87 @@ mod tests {
         .unwrap();
         let again = parse(&serde_json::to_string(&spec).unwrap()).unwrap();
         assert_eq!(spec, again);
+    }
+
+    /// The rules `/openapi.json` states (loadwave_proto::openapi) hold here too, so a
+    /// schema-valid spec is accepted and a schema-invalid one refused.
+    #[test]
+    fn the_documented_rules_hold() {
+        let base = r#""test_type":"avalanche","requests_per_driver":5"#;
+        let with = |extra: &str| parse(&format!(r#"{{{base},{extra}}}"#));
+        // JSON Schema's integers include 3.0; fractions and negatives are not.
+        let spec = with(r#""target_url":"http://h/","drivers":3.0,"timeout_ms":1000.0"#).unwrap();
+        assert_eq!((spec.drivers, spec.timeout_ms), (3, 1000));
+        for bad in [
+            r#""drivers":2.5"#,
+            r#""drivers":-1"#,
+            r#""concurrency":1e30"#,
+        ] {
+            assert!(
+                with(&format!(r#""target_url":"http://h/",{bad}"#)).is_err(),
+                "{bad}"
+            );
+        }
+        // URLs: the documented form only.
+        for ok in [
+            "http://localhost:8080/ping",
+            "https://a-b.c_d.example/x/y?q=1&r=%20",
+            "http://[::1]:0/",
+            "http://127.0.0.1:65535",
+        ] {
+            parse_target_url(ok).unwrap_or_else(|e| panic!("{ok}: {e:?}"));
+        }
+        for bad in [
+            "HTTP://h/",
+            "http://h:65536/",
+            "http://h:080/",
+            "http://h:/",
+            "http://a..b/",
+            "http://h/a b",
+            "http://h/#frag",
+            "http://[1::2::3]/",
+            "http://h\n",
+        ] {
+            assert!(parse_target_url(bad).is_err(), "{bad}");
+        }
+        // Names count characters; request names hold no control characters.
+        assert!(
+            with(&format!(
+                r#""target_url":"http://h/","name":"{}""#,
+                "é".repeat(MAX_NAME_CHARS)
+            ))
+            .is_ok()
+        );
+        assert!(
+            with(&format!(
+                r#""target_url":"http://h/","name":"{}""#,
+                "é".repeat(MAX_NAME_CHARS + 1)
+            ))
+            .is_err()
+        );
+        let mix = |name: &str| {
+            parse(&format!(
+                r#"{{{base},"requests":[{{"name":{},"url":"http://h/"}}]}}"#,
+                serde_json::to_string(name).unwrap()
+            ))
+        };
+        assert!(mix(&"é".repeat(MAX_REQUEST_NAME_CHARS)).is_ok());
+        assert!(mix(&"é".repeat(MAX_REQUEST_NAME_CHARS + 1)).is_err());
+        assert!(mix("a\u{1c}b").is_err());
+        assert!(mix("a\u{85}").is_err());
+        // Profile values: 0, or at least a thousandth; stages up to a week each.
+        let tsunami = |stages: &str| {
+            parse(&format!(
+                r#"{{"target_url":"http://h/","test_type":"tsunami","stages":{stages}}}"#
+            ))
+        };
+        assert!(tsunami(r#"[{"duration_s":0.001,"target":0.001}]"#).is_ok());
+        assert!(tsunami(r#"[{"duration_s":0.0009,"target":10}]"#).is_err());
+        assert!(tsunami(r#"[{"duration_s":10,"target":0.0009}]"#).is_err());
+        assert!(
+            tsunami(r#"[{"duration_s":604800,"target":1},{"duration_s":604800,"target":1}]"#)
+                .is_ok()
+        );
+        assert!(tsunami(r#"[{"duration_s":604801,"target":1}]"#).is_err());
     }
 }

@@ -426,10 +426,35 @@ pub fn list(remote: &Remote, args: ListArgs) -> u8 {
         Ok(c) => c,
         Err(f) => return fail(f),
     };
-    let tests: Vec<Value> = match client.json("GET", "/tests", None) {
-        Ok(t) => t,
-        Err(f) => return fail(f),
-    };
+    // The orchestrator answers a page at a time, newest first: follow the pages.
+    const PAGE: usize = 1_000;
+    let mut tests: Vec<Value> = Vec::new();
+    loop {
+        let cursor = tests
+            .last()
+            .and_then(|t| t["id"].as_str())
+            .map(str::to_string);
+        let uri = match &cursor {
+            Some(c) => format!("/tests?limit={PAGE}&cursor={c}"),
+            None => format!("/tests?limit={PAGE}"),
+        };
+        let page: Vec<Value> = match client.json("GET", &uri, None) {
+            Ok(t) => t,
+            Err(f) => return fail(f),
+        };
+        let full = page.len() >= PAGE;
+        // An orchestrator that ignores the cursor answers the same page again.
+        let moved = page
+            .last()
+            .and_then(|t| t["id"].as_str())
+            .is_some_and(|last| cursor.as_deref().is_none_or(|c| last < c));
+        if cursor.is_none() || moved {
+            tests.extend(page);
+        }
+        if !full || !moved {
+            break;
+        }
+    }
     if args.json {
         println!(
             "{}",

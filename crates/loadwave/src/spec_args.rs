@@ -420,7 +420,7 @@ mod tests {
             ),
             (
                 &["--test-type", "tsunami", "--stage", "0s:10"],
-                "--stage: must be above 0",
+                "--stage: must be ",
             ),
             (
                 &[
