@@ -95,7 +95,6 @@ up() {
 The stack is up:
   REST API      $API/tests   (OpenAPI: $API/openapi.json)
   API token     $TOKEN_FILE   (curl -H "Authorization: Bearer \$(cat $TOKEN_FILE)" $API/tests)
-  web console   the one-time login URL in $STATE_DIR/orchestrator.log
   drivers       $API/drivers
   target        $url   (its counts: http://127.0.0.1:$TARGET_PORT/metrics)
   Kafka         127.0.0.1:$KAFKA_PORT

@@ -57,7 +57,7 @@ export LOADWAVE_TEST_MOTO="http://127.0.0.1:$MOTO_PORT"
 log "running the tests (Kafka at $KAFKA_BROKERS)"
 out="$STATE_DIR/test-output.txt"
 set +e
-cargo test --workspace --locked -- --test-threads 2 2>&1 | tee "$out"
+cargo test --workspace --locked --no-fail-fast -- --test-threads 2 2>&1 | tee "$out"
 status=${PIPESTATUS[0]}
 set -e
 log "fuzzing the API against its OpenAPI document (make api-check)"

@@ -513,11 +513,12 @@ async fn concurrent_invocations_fold_a_chunked_timeline_exactly() {
             conflicts += r.conflicts;
         }
     }
-    // Late buckets for second 3, in chunk 0, sealed by now.
+    // Late buckets for second 3, in chunk 0, sealed by now, in each driver's next report
+    // (a sequence number far beyond what the plan allows would be refused).
     let late: Vec<Value> = drivers
         .iter()
         .map(|drv| {
-            let mut m = report(&id, drv, 5_000, false, 7);
+            let mut m = report(&id, drv, u64::from(seconds), false, 7);
             if let Message::Metrics(r) = &mut m {
                 r.buckets[0].second = 3;
             }
@@ -554,7 +555,7 @@ async fn concurrent_invocations_fold_a_chunked_timeline_exactly() {
 
     let finals: Vec<Message> = drivers
         .iter()
-        .map(|drv| report(&id, drv, 9_999, true, 0))
+        .map(|drv| report(&id, drv, u64::from(seconds) + 1, true, 0))
         .collect();
     d.handle(msk_event(Topic::Metrics, &finals)).await;
     let view = d.api.view(&id).await.unwrap().unwrap();
