@@ -229,13 +229,7 @@ impl Limits {
             && let Some(total) = profile.planned_total()
             && total > max.saturating_mul(u64::from(profile.drivers))
         {
-            let field = if spec.stages.is_some() {
-                "stages"
-            } else if spec.duration_s.is_some() {
-                "duration_s"
-            } else {
-                "requests_per_driver"
-            };
+            let field = bound_field(spec);
             return Err(OverLimit {
                 field,
                 message: format!(
@@ -291,13 +285,7 @@ impl Limits {
         if let (Some(max), Some(planned)) = (self.max_duration_s, planned_s)
             && planned > max as f64
         {
-            let field = if spec.stages.is_some() {
-                "stages"
-            } else if spec.duration_s.is_some() {
-                "duration_s"
-            } else {
-                "requests_per_driver"
-            };
+            let field = bound_field(spec);
             return Err(OverLimit {
                 field,
                 message: format!(
@@ -311,6 +299,18 @@ impl Limits {
     /// The running-time cap, ms, for [`crate::TestOptions::max_duration_ms`].
     pub fn max_duration_ms(&self) -> Option<u64> {
         self.max_duration_s.map(|s| s * 1_000)
+    }
+}
+
+/// The field that bounds `spec`'s length, for an error about it: its stages, its
+/// duration, or its count.
+fn bound_field(spec: &TestSpec) -> &'static str {
+    if spec.stages.is_some() {
+        "stages"
+    } else if spec.duration_s.is_some() {
+        "duration_s"
+    } else {
+        "requests_per_driver"
     }
 }
 

@@ -703,25 +703,23 @@ impl TestStore {
 
 /// Makes `dir` readable by its owner only (0700).
 fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
+    set_mode(dir, 0o700)
 }
 
 /// Makes `file` readable by its owner only (0600).
 fn private_file(file: &std::path::Path) -> std::io::Result<()> {
+    set_mode(file, 0o600)
+}
+
+/// Sets `path`'s permission bits (nothing to do where there are none).
+fn set_mode(path: &std::path::Path, mode: u32) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     }
     #[cfg(not(unix))]
-    let _ = file;
+    let _ = (path, mode);
     Ok(())
 }
 
