@@ -291,9 +291,8 @@ impl TestStore {
     /// Deletes objects, best effort: one left behind costs storage, not correctness.
     async fn delete_quietly(&self, keys: Vec<Path>) {
         for key in keys {
-            match self.inner.delete(&key).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(err) => tracing::warn!(%key, %err, "stale object not deleted"),
+            if let Err(err) = self.delete_if_present(&key).await {
+                tracing::warn!(%key, %err, "stale object not deleted");
             }
         }
     }
@@ -407,24 +406,45 @@ impl TestStore {
     /// Puts a finished test into the index, then drops its marker. Idempotent, so a
     /// crash between the two is repaired by the next save or load.
     async fn finish(&self, item: &TestListItem) -> Result<(), StoreError> {
-        for _ in 0..INDEX_ATTEMPTS {
-            let (mut items, version) = self.read_index().await?;
+        self.update_index(|items| {
             if items.contains(item) {
-                break;
+                return false;
             }
             items.retain(|i| i.id != item.id);
             items.push(item.clone());
+            true
+        })
+        .await?;
+        self.delete_if_present(&Self::marker(&item.id)).await
+    }
+
+    /// Changes the index with `edit` (which says whether it changed anything) and writes
+    /// it back conditionally, reading it again when another writer got there first.
+    async fn update_index(
+        &self,
+        mut edit: impl FnMut(&mut Vec<TestListItem>) -> bool,
+    ) -> Result<(), StoreError> {
+        for _ in 0..INDEX_ATTEMPTS {
+            let (mut items, version) = self.read_index().await?;
+            if !edit(&mut items) {
+                return Ok(());
+            }
             let bytes = serde_json::to_vec(&items).expect("index serializes");
             match self
                 .put(&Self::index(), bytes, self.mode(version.as_ref()), "index")
                 .await
             {
-                Ok(_) => break,
+                Ok(_) => return Ok(()),
                 Err(StoreError::Conflict(_)) => continue,
                 Err(e) => return Err(e),
             }
         }
-        match self.inner.delete(&Self::marker(&item.id)).await {
+        Ok(())
+    }
+
+    /// Deletes `key`; an object already gone is fine.
+    async fn delete_if_present(&self, key: &Path) -> Result<(), StoreError> {
+        match self.inner.delete(key).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }
@@ -631,10 +651,7 @@ impl TestStore {
             .try_collect()
             .await?;
         for key in chunks.iter().chain([&Self::marker(id)]) {
-            match self.inner.delete(key).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
+            self.delete_if_present(key).await?;
         }
         // Stores answer a delete of a missing object as done (S3 does): ask first.
         let existed = match self.inner.head(&Self::key(id)).await {
@@ -642,27 +659,13 @@ impl TestStore {
             Err(object_store::Error::NotFound { .. }) => false,
             Err(e) => return Err(e.into()),
         };
-        match self.inner.delete(&Self::key(id)).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
-        for _ in 0..INDEX_ATTEMPTS {
-            let (mut items, version) = self.read_index().await?;
+        self.delete_if_present(&Self::key(id)).await?;
+        self.update_index(|items| {
             let before = items.len();
             items.retain(|i| i.id != id);
-            if items.len() == before {
-                break;
-            }
-            let bytes = serde_json::to_vec(&items).expect("index serializes");
-            match self
-                .put(&Self::index(), bytes, self.mode(version.as_ref()), "index")
-                .await
-            {
-                Ok(_) => break,
-                Err(StoreError::Conflict(_)) => continue,
-                Err(e) => return Err(e),
-            }
-        }
+            items.len() != before
+        })
+        .await?;
         Ok(existed)
     }
 
